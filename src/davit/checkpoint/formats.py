@@ -1,0 +1,216 @@
+"""State-dict key layouts of the published DaViT checkpoints and conversion between them.
+
+Formats:
+    ``official``   Microsoft's DaViT (``patch_embeds.*``, ``main_blocks.*``, ``norms.*``, ``head.*``)
+    ``mmpretrain`` mmpretrain / OpenMMLab (``backbone.patch_embed.*``, ``backbone.stages.*``, ``head.fc.*``)
+    ``timm``       timm's ``davit_*`` models (``stem.*``, ``stages.*``, ``head.norm.*``, ``head.fc.*``)
+    ``davit``      this library (``backbone.stem.*``, ``backbone.stages.*``, ``head.*``)
+Every tensor has the same shape in all four; only names differ.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable, Mapping
+
+from torch import Tensor
+
+FORMATS = ("official", "mmpretrain", "timm", "davit")
+BLOCK_KINDS = ("spatial", "channel")
+_PARAM = r"(?P<p>weight|bias)"
+
+Rule = tuple[re.Pattern, Callable[[re.Match], str]]
+
+
+def _rule(pattern: str, build: Callable[[re.Match], str]) -> Rule:
+    return re.compile("^" + pattern + "$"), build
+
+
+def _g(m: re.Match, name: str) -> str:
+    return m.group(name)
+
+
+# Block tails: (our name, official name, mmpretrain spatial name, mmpretrain channel name)
+_TAILS = [
+    ("cpe1.proj", "cpe.0.proj", "cpe1.proj", "cpe1.proj"),
+    ("cpe2.proj", "cpe.1.proj", "cpe2.proj", "cpe2.proj"),
+    ("norm1", "norm1", "norm1", "norm1"),
+    ("norm2", "norm2", "norm2", "norm2"),
+    ("attn.qkv", "attn.qkv", "attn.w_msa.qkv", "attn.qkv"),
+    ("attn.proj", "attn.proj", "attn.w_msa.proj", "attn.proj"),
+    ("mlp.fc1", "mlp.fc1", "ffn.layers.0.0", "ffn.layers.0.0"),
+    ("mlp.fc2", "mlp.fc2", "ffn.layers.1", "ffn.layers.1"),
+]
+_OURS_TAIL = {ours: (off, mm_s, mm_c) for ours, off, mm_s, mm_c in _TAILS}
+_OFFICIAL_TAIL = {off: ours for ours, off, _, _ in _TAILS}
+_MM_TAIL = {(0, mm_s): ours for ours, _, mm_s, _ in _TAILS} | {(1, mm_c): ours for ours, _, _, mm_c in _TAILS}
+_TAIL_ALT = "|".join(sorted({re.escape(t) for row in _TAILS for t in row}, key=len, reverse=True))
+
+_OUR_BLOCK = rf"backbone\.stages\.(?P<s>\d+)\.blocks\.(?P<b>\d+)\.(?P<k>spatial|channel)\.(?P<t>{_TAIL_ALT})\.{_PARAM}"
+
+
+def _ours_block(m: re.Match, tail: str, kind: str | None = None) -> str:
+    kind = kind or m.group("k")
+    return f"backbone.stages.{m['s']}.blocks.{m['b']}.{kind}.{tail}.{m['p']}"
+
+
+_TO_OURS: dict[str, list[Rule]] = {
+    "official": [
+        _rule(rf"patch_embeds\.0\.proj\.{_PARAM}", lambda m: f"backbone.stem.conv.{m['p']}"),
+        _rule(rf"patch_embeds\.0\.norm\.{_PARAM}", lambda m: f"backbone.stem.norm.{m['p']}"),
+        _rule(rf"patch_embeds\.(?P<s>\d+)\.(?P<l>proj|norm)\.{_PARAM}",
+              lambda m: f"backbone.stages.{m['s']}.downsample.{'conv' if m['l'] == 'proj' else 'norm'}.{m['p']}"),
+        _rule(rf"main_blocks\.(?P<s>\d+)\.(?P<b>\d+)\.(?P<k>[01])\.(?P<t>{_TAIL_ALT})\.{_PARAM}",
+              lambda m: _ours_block(m, _OFFICIAL_TAIL[m["t"]], BLOCK_KINDS[int(m["k"])])
+              if m["t"] in _OFFICIAL_TAIL else None),
+        _rule(rf"norms\.{_PARAM}", lambda m: f"head.norm.{m['p']}"),
+        _rule(rf"head\.{_PARAM}", lambda m: f"head.fc.{m['p']}"),
+    ],
+    "mmpretrain": [
+        _rule(rf"backbone\.patch_embed\.projection\.{_PARAM}", lambda m: f"backbone.stem.conv.{m['p']}"),
+        _rule(rf"backbone\.patch_embed\.norm\.{_PARAM}", lambda m: f"backbone.stem.norm.{m['p']}"),
+        _rule(rf"backbone\.stages\.(?P<s>\d+)\.downsample\.(?P<l>projection|norm)\.{_PARAM}",
+              lambda m: f"backbone.stages.{int(m['s']) + 1}.downsample."
+                        f"{'conv' if m['l'] == 'projection' else 'norm'}.{m['p']}"),
+        _rule(rf"backbone\.stages\.(?P<s>\d+)\.blocks\.(?P<b>\d+)\.(?P<k>spatial|channel)_block\."
+              rf"(?P<t>{_TAIL_ALT})\.{_PARAM}",
+              lambda m: _ours_block(m, _MM_TAIL[(BLOCK_KINDS.index(m["k"]), m["t"])])
+              if (BLOCK_KINDS.index(m["k"]), m["t"]) in _MM_TAIL else None),
+        _rule(rf"backbone\.norm\d+\.{_PARAM}", lambda m: f"head.norm.{m['p']}"),
+        _rule(rf"head\.fc\.{_PARAM}", lambda m: f"head.fc.{m['p']}"),
+    ],
+    "timm": [
+        _rule(rf"stem\.(?P<l>conv|norm)\.{_PARAM}", lambda m: f"backbone.stem.{m['l']}.{m['p']}"),
+        _rule(rf"stages\.(?P<s>\d+)\.downsample\.(?P<l>conv|norm)\.{_PARAM}",
+              lambda m: f"backbone.stages.{m['s']}.downsample.{m['l']}.{m['p']}"),
+        _rule(rf"stages\.(?P<s>\d+)\.blocks\.(?P<b>\d+)\.(?P<k>[01])\.(?P<t>{_TAIL_ALT})\.{_PARAM}",
+              lambda m: _ours_block(m, m["t"], BLOCK_KINDS[int(m["k"])]) if m["t"] in _OURS_TAIL else None),
+        _rule(rf"head\.(?P<l>norm|fc)\.{_PARAM}", lambda m: f"head.{m['l']}.{m['p']}"),
+    ],
+    "davit": [
+        _rule(rf"backbone\.stem\.(?P<l>conv|norm)\.{_PARAM}", lambda m: m.group(0)),
+        _rule(rf"backbone\.stages\.\d+\.downsample\.(?:conv|norm)\.{_PARAM}", lambda m: m.group(0)),
+        _rule(_OUR_BLOCK, lambda m: m.group(0) if m["t"] in _OURS_TAIL else None),
+        _rule(rf"head\.(?:norm|fc)\.{_PARAM}", lambda m: m.group(0)),
+    ],
+}
+
+
+def _from_ours_official(key: str, last_stage: int) -> str | None:
+    if m := re.match(rf"^backbone\.stem\.(?P<l>conv|norm)\.{_PARAM}$", key):
+        return f"patch_embeds.0.{'proj' if m['l'] == 'conv' else 'norm'}.{m['p']}"
+    if m := re.match(rf"^backbone\.stages\.(?P<s>\d+)\.downsample\.(?P<l>conv|norm)\.{_PARAM}$", key):
+        return f"patch_embeds.{m['s']}.{'proj' if m['l'] == 'conv' else 'norm'}.{m['p']}"
+    if m := re.match("^" + _OUR_BLOCK + "$", key):
+        kind = BLOCK_KINDS.index(m["k"])
+        return f"main_blocks.{m['s']}.{m['b']}.{kind}.{_OURS_TAIL[m['t']][0]}.{m['p']}"
+    if m := re.match(rf"^head\.(?P<l>norm|fc)\.{_PARAM}$", key):
+        return f"norms.{m['p']}" if m["l"] == "norm" else f"head.{m['p']}"
+    return None
+
+
+def _from_ours_mmpretrain(key: str, last_stage: int) -> str | None:
+    if m := re.match(rf"^backbone\.stem\.(?P<l>conv|norm)\.{_PARAM}$", key):
+        return f"backbone.patch_embed.{'projection' if m['l'] == 'conv' else 'norm'}.{m['p']}"
+    if m := re.match(rf"^backbone\.stages\.(?P<s>\d+)\.downsample\.(?P<l>conv|norm)\.{_PARAM}$", key):
+        layer = "projection" if m["l"] == "conv" else "norm"
+        return f"backbone.stages.{int(m['s']) - 1}.downsample.{layer}.{m['p']}"
+    if m := re.match("^" + _OUR_BLOCK + "$", key):
+        kind = BLOCK_KINDS.index(m["k"])
+        tail = _OURS_TAIL[m["t"]][1 + kind]
+        return f"backbone.stages.{m['s']}.blocks.{m['b']}.{m['k']}_block.{tail}.{m['p']}"
+    if m := re.match(rf"^head\.(?P<l>norm|fc)\.{_PARAM}$", key):
+        return f"backbone.norm{last_stage}.{m['p']}" if m["l"] == "norm" else key
+    return None
+
+
+def _from_ours_timm(key: str, last_stage: int) -> str | None:
+    if m := re.match(rf"^backbone\.((?:stem|stages\.\d+\.downsample)\.(?:conv|norm)\.{_PARAM})$", key):
+        return m.group(1)
+    if m := re.match("^" + _OUR_BLOCK + "$", key):
+        return f"stages.{m['s']}.blocks.{m['b']}.{BLOCK_KINDS.index(m['k'])}.{m['t']}.{m['p']}"
+    if re.match(rf"^head\.(?:norm|fc)\.{_PARAM}$", key):
+        return key
+    return None
+
+
+_FROM_OURS: dict[str, Callable[[str, int], str | None]] = {
+    "official": _from_ours_official,
+    "mmpretrain": _from_ours_mmpretrain,
+    "timm": _from_ours_timm,
+    "davit": lambda key, last_stage: key if _match_ours(key, "davit") else None,
+}
+
+
+class CheckpointFormatError(ValueError):
+    """A state dict whose keys do not fit any DaViT checkpoint layout."""
+
+
+def _match_ours(key: str, fmt: str) -> str | None:
+    for pattern, build in _TO_OURS[fmt]:
+        if m := pattern.match(key):
+            return build(m)
+    return None
+
+
+def detect_format(state_dict: Mapping[str, Tensor]) -> str:
+    """Name the layout (one of :data:`FORMATS`) whose rules account for every key."""
+    keys = list(state_dict)
+    if not keys:
+        raise CheckpointFormatError("the checkpoint holds no tensors")
+    scores = {fmt: sum(_match_ours(k, fmt) is not None for k in keys) for fmt in FORMATS}
+    best = max(FORMATS, key=lambda fmt: scores[fmt])
+    if scores[best] == 0:
+        raise CheckpointFormatError(
+            f"the checkpoint's keys fit no DaViT format ({', '.join(FORMATS)}); first keys: "
+            f"{keys[:5]}. Is it a DaViT checkpoint?")
+    return best
+
+
+def to_davit(state_dict: Mapping[str, Tensor], fmt: str | None = None) -> dict[str, Tensor]:
+    """Rename a state dict from ``fmt`` (detected when None) to this library's keys."""
+    fmt = fmt or detect_format(state_dict)
+    _check_format(fmt)
+    renamed, unknown = {}, []
+    for key, value in state_dict.items():
+        new = _match_ours(key, fmt)
+        if new is None:
+            unknown.append(key)
+        else:
+            renamed[new] = value
+    if unknown:
+        raise CheckpointFormatError(
+            f"{len(unknown)} key(s) are not part of the {fmt} DaViT format: {_preview(unknown)}")
+    return renamed
+
+
+def from_davit(state_dict: Mapping[str, Tensor], fmt: str) -> dict[str, Tensor]:
+    """Rename a state dict with this library's keys to the ``fmt`` layout."""
+    _check_format(fmt)
+    stages = {int(m.group(1)) for k in state_dict if (m := re.match(r"^backbone\.stages\.(\d+)\.", k))}
+    last_stage = max(stages, default=3)
+    renamed, unknown = {}, []
+    for key, value in state_dict.items():
+        new = _FROM_OURS[fmt](key, last_stage)
+        if new is None:
+            unknown.append(key)
+        else:
+            renamed[new] = value
+    if unknown:
+        raise CheckpointFormatError(f"{len(unknown)} key(s) are not DaViT keys: {_preview(unknown)}")
+    return renamed
+
+
+def convert_state_dict(state_dict: Mapping[str, Tensor], to: str,
+                       source: str | None = None) -> dict[str, Tensor]:
+    """Convert between any two formats (the source is detected when not given)."""
+    return from_davit(to_davit(state_dict, source), to)
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown checkpoint format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def _preview(keys: list[str], limit: int = 10) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")

@@ -1,0 +1,206 @@
+"""DaViT building blocks.
+
+Activations travel through a stage as (B, H, W, C) tensors: LayerNorm, Linear and window
+partitioning act on the last dimension directly, and the depthwise position-encoding convolutions
+see a channels-last NCHW view of the same memory, so no block copies data to change layout.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import stochastic_depth
+
+
+class DropPath(nn.Module):
+    """Stochastic depth on residual branches (one keep/drop draw per sample)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        return stochastic_depth(x, self.p, "row", self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class ConvPosEnc(nn.Module):
+    """Depthwise 3x3 convolution added to its input: x + conv(x)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.proj(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside each window: softmax(q k^T / sqrt(d)) v."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        windows, tokens, dim = x.shape
+        qkv = self.qkv(x).reshape(windows, tokens, 3, self.num_heads, dim // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(windows, tokens, dim))
+
+
+class ChannelAttention(nn.Module):
+    """Attention between channel groups: softmax(k^T v / sqrt(d)) applied to q^T.
+
+    Computed as scaled-dot-product attention with queries k^T, keys v^T and values q^T.
+    """
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
+        q_t, k_t, v_t = qkv.permute(2, 0, 3, 4, 1).unbind(0)  # each (B, heads, head_dim, N)
+        x = F.scaled_dot_product_attention(k_t, v_t, q_t, scale=self.scale)
+        return self.proj(x.permute(0, 3, 1, 2).reshape(batch, tokens, dim))
+
+
+class SpatialBlock(nn.Module):
+    """Position encoding, window attention, position encoding, MLP (pre-norm residuals)."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, mlp_ratio: float,
+                 drop_path: float) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.cpe1 = ConvPosEnc(dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, num_heads)
+        self.cpe2 = ConvPosEnc(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.cpe1(x)
+        x = x + self.drop_path(self._window_attention(self.norm1(x)))
+        x = self.cpe2(x)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def _window_attention(self, x: Tensor) -> Tensor:
+        batch, height, width, dim = x.shape
+        ws = self.window_size
+        pad_b, pad_r = -height % ws, -width % ws
+        if pad_b or pad_r:
+            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        rows, cols = (height + pad_b) // ws, (width + pad_r) // ws
+        windows = x.reshape(batch, rows, ws, cols, ws, dim).transpose(2, 3).reshape(-1, ws * ws, dim)
+        windows = self.attn(windows)
+        x = windows.reshape(batch, rows, cols, ws, ws, dim).transpose(2, 3)
+        x = x.reshape(batch, rows * ws, cols * ws, dim)
+        if pad_b or pad_r:
+            x = x[:, :height, :width]
+        return x
+
+
+class ChannelBlock(nn.Module):
+    """Position encoding, channel-group attention, position encoding, MLP."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float) -> None:
+        super().__init__()
+        self.cpe1 = ConvPosEnc(dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = ChannelAttention(dim, num_heads)
+        self.cpe2 = ConvPosEnc(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.cpe1(x)
+        batch, height, width, dim = x.shape
+        attended = self.attn(self.norm1(x).reshape(batch, height * width, dim))
+        x = x + self.drop_path(attended.reshape(batch, height, width, dim))
+        x = self.cpe2(x)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class DualAttentionBlock(nn.Module):
+    """One DaViT layer: a spatial block followed by a channel block."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, mlp_ratio: float,
+                 drop_path: tuple[float, float]) -> None:
+        super().__init__()
+        self.spatial = SpatialBlock(dim, num_heads, window_size, mlp_ratio, drop_path[0])
+        self.channel = ChannelBlock(dim, num_heads, mlp_ratio, drop_path[1])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.channel(self.spatial(x))
+
+
+class Stem(nn.Module):
+    """7x7 stride-4 convolution and LayerNorm.
+
+    ``padding="official"`` pads the input right/bottom to a multiple of 4 and then 3 pixels on every
+    side (the official DaViT); ``padding="mmpretrain"`` pads "same" as mmpretrain's port does
+    (total ``(ceil(H/4)-1)*4 + 7 - H`` split floor-half before, the rest after).
+    """
+
+    def __init__(self, in_chans: int, dim: int, padding: str = "official") -> None:
+        super().__init__()
+        if padding not in ("official", "mmpretrain"):
+            raise ValueError(f"stem padding must be 'official' or 'mmpretrain', got {padding!r}")
+        self.padding = padding
+        self.conv = nn.Conv2d(in_chans, dim, kernel_size=7, stride=4,
+                              padding=3 if padding == "official" else 0)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        height, width = x.shape[-2:]
+        if self.padding == "official":
+            pad = (0, -width % 4, 0, -height % 4)
+        else:
+            pad_h = max((-(-height // 4) - 1) * 4 + 7 - height, 0)
+            pad_w = max((-(-width // 4) - 1) * 4 + 7 - width, 0)
+            pad = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+        if any(pad):
+            x = F.pad(x, pad)
+        return self.norm(self.conv(x).permute(0, 2, 3, 1))
+
+
+class Downsample(nn.Module):
+    """LayerNorm, then 2x2 stride-2 convolution after padding right/bottom to even sides."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        self.conv = nn.Conv2d(in_dim, out_dim, kernel_size=2, stride=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.norm(x).permute(0, 3, 1, 2)
+        height, width = x.shape[-2:]
+        if height % 2 or width % 2:
+            x = F.pad(x, (0, width % 2, 0, height % 2))
+        return self.conv(x).permute(0, 2, 3, 1)

@@ -1,0 +1,86 @@
+"""DaViT image classifier: backbone, then pooling, LayerNorm and a linear layer."""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .archs import DaViTArch
+from .backbone import DaViT, check_semantics
+
+
+class ClassifierHead(nn.Module):
+    """Global average pool + LayerNorm + Linear.
+
+    The official DaViT pools and then normalises; mmpretrain's port normalises every token and
+    then pools (``norm_first=True``).
+    """
+
+    def __init__(self, dim: int, num_classes: int, norm_first: bool = False) -> None:
+        super().__init__()
+        self.norm_first = norm_first
+        self.norm = nn.LayerNorm(dim)
+        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+        if isinstance(self.fc, nn.Linear):
+            nn.init.trunc_normal_(self.fc.weight, std=0.02)
+            nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """``x``: last-stage tokens of shape (B, H, W, C)."""
+        if self.norm_first:
+            x = self.norm(x).mean(dim=(1, 2))
+        else:
+            x = self.norm(x.mean(dim=(1, 2)))
+        return x if pre_logits else self.fc(x)
+
+
+class DaViTClassifier(nn.Module):
+    """A DaViT backbone with a classification head.
+
+    ``model(images)`` returns logits; :meth:`extract_feat` returns the backbone's NCHW feature maps
+    (the stages in ``out_indices``) or the pooled, normalised features (``stage="pre_logits"``).
+    """
+
+    def __init__(self, arch: str | dict | DaViTArch = "tiny", num_classes: int = 1000,
+                 semantics: str = "official", **backbone_options) -> None:
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be a non-negative integer, got {num_classes!r}")
+        self.semantics = check_semantics(semantics)
+        self.backbone = DaViT(arch, semantics=semantics, **backbone_options)
+        self.num_classes = num_classes
+        self.num_features = self.backbone.num_features
+        self.head = ClassifierHead(self.num_features, num_classes,
+                                   norm_first=semantics == "mmpretrain")
+
+    @property
+    def arch(self) -> DaViTArch:
+        return self.backbone.arch
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Last-stage tokens, (B, H/32, W/32, C)."""
+        return self.backbone.forward_stages(x)[-1]
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def extract_feat(self, x: Tensor, stage: str = "backbone") -> tuple[Tensor, ...] | Tensor:
+        """Features for downstream use.
+
+        ``stage="backbone"``: a tuple of NCHW maps from the stages in ``out_indices``.
+        ``stage="pre_logits"``: the (B, C) pooled and normalised features that feed the classifier.
+        """
+        if stage == "backbone":
+            return self.backbone(x)
+        if stage == "pre_logits":
+            return self.forward_head(self.forward_features(x), pre_logits=True)
+        raise ValueError(f"stage must be 'backbone' or 'pre_logits', got {stage!r}")
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the final linear layer with a freshly initialised one for ``num_classes``."""
+        if not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be a non-negative integer, got {num_classes!r}")
+        fresh = ClassifierHead(self.num_features, num_classes, norm_first=self.head.norm_first)
+        self.head.fc = fresh.fc.to(self.head.norm.weight.device)
+        self.num_classes = num_classes
