@@ -47,6 +47,7 @@ class DaViTClassifier(nn.Module):
         self.semantics = check_semantics(semantics)
         self.backbone = DaViT(arch, semantics=semantics, **backbone_options)
         self.num_classes = num_classes
+        self.class_names: list[str] | None = None
         self.num_features = self.backbone.num_features
         self.head = ClassifierHead(self.num_features, num_classes,
                                    norm_first=semantics == "mmpretrain")

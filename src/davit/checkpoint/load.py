@@ -1,0 +1,119 @@
+"""Load any published DaViT checkpoint into a model, strictly."""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..model.archs import ARCHS
+from .download import download_checkpoint
+from .formats import to_davit
+from .hub import download_hf_checkpoint, is_hf_hub_name
+from .io import load_state_dict_file
+
+logger = logging.getLogger("davit")
+
+HEAD_KEYS = ("head.fc.weight", "head.fc.bias")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose tensors do not fit the model."""
+
+
+def resolve_checkpoint(source: str | Path, progress: bool = True) -> Path:
+    """A local path for ``source``: a file path, an http(s) URL (downloaded into the torch hub
+    cache) or an ``hf-hub:`` name."""
+    text = str(source)
+    if is_hf_hub_name(text):
+        return download_hf_checkpoint(text)
+    if re.match(r"^https?://", text):
+        return download_checkpoint(text, progress=progress)
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {text!r} does not exist (expected a file path, an "
+                                "http(s) URL or an hf-hub: name)")
+    return path
+
+
+def read_checkpoint(source: str | Path, progress: bool = True) -> dict[str, Tensor]:
+    """Read a checkpoint from a path, URL or hub name and rename its keys to this library's."""
+    return to_davit(load_state_dict_file(resolve_checkpoint(source, progress=progress)))
+
+
+def checkpoint_num_classes(state_dict: Mapping[str, Tensor]) -> int | None:
+    """The class count of a (davit-format) state dict's classifier, None when it has none."""
+    weight = state_dict.get("head.fc.weight")
+    return None if weight is None else int(weight.shape[0])
+
+
+def guess_arch(state_dict: Mapping[str, Tensor]) -> str | None:
+    """Name the standard architecture whose widths and depths a davit-format state dict has."""
+    dims, depths = [], []
+    stage = 0
+    while f"backbone.stages.{stage}.blocks.0.spatial.norm1.weight" in state_dict:
+        dims.append(int(state_dict[f"backbone.stages.{stage}.blocks.0.spatial.norm1.weight"].shape[0]))
+        depths.append(sum(1 for k in state_dict
+                          if re.match(rf"^backbone\.stages\.{stage}\.blocks\.\d+\.spatial\.norm1\.weight$", k)))
+        stage += 1
+    for name, arch in ARCHS.items():
+        if tuple(dims) == arch.embed_dims and tuple(depths) == arch.depths:
+            return name
+    return f"embed_dims={dims}, depths={depths}" if dims else None
+
+
+def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], reset_head: bool = False) -> None:
+    """Copy a davit-format state dict into ``model``; every key must match in name and shape.
+
+    With ``reset_head`` the checkpoint's classifier (``head.fc``) is skipped and the model's
+    freshly initialised one kept, for fine-tuning on another class count.
+    """
+    expected = model.state_dict()
+    state_dict = dict(state_dict)
+    if reset_head:
+        for key in HEAD_KEYS:
+            state_dict.pop(key, None)
+    missing = [k for k in expected if k not in state_dict and not (reset_head and k in HEAD_KEYS)]
+    unexpected = [k for k in state_dict if k not in expected]
+    mis_shaped = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+                  for k, v in state_dict.items() if k in expected and v.shape != expected[k].shape]
+    if missing or unexpected or mis_shaped:
+        problems = []
+        for label, items in (("missing", missing), ("unexpected", unexpected),
+                             ("mis-shaped", mis_shaped)):
+            if items:
+                shown = "; ".join(items[:8]) + (f"; ... ({len(items) - 8} more)" if len(items) > 8 else "")
+                problems.append(f"{len(items)} {label} key(s): {shown}")
+        arch = getattr(model, "arch", None)
+        model_desc = f"embed_dims={list(arch.embed_dims)}, depths={list(arch.depths)}" if arch else "the model"
+        raise CheckpointMismatchError(
+            f"the checkpoint does not fit the model ({model_desc}); it looks like "
+            f"{guess_arch(state_dict) or 'another network'}. " + " | ".join(problems)
+            + ". Pick the model that matches the checkpoint.")
+    model.load_state_dict(state_dict, strict=not reset_head)
+
+
+def load_pretrained(model: nn.Module, source: str | Path, progress: bool = True) -> nn.Module:
+    """Load ``source`` (path, URL or hub name, any format) into a DaViT classifier or backbone.
+
+    A classifier whose class count differs from the checkpoint's keeps its own freshly initialised
+    ``head.fc`` (logged), the usual set-up for fine-tuning.
+    """
+    state_dict = read_checkpoint(source, progress=progress)
+    if not any(k.startswith("head.") for k in model.state_dict()):
+        head = [k for k in state_dict if not k.startswith("backbone.")]
+        if head:
+            logger.info("loading a backbone: skipping the checkpoint's classifier keys %s", head)
+        state_dict = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+        load_into(model, state_dict)
+        return model
+    ckpt_classes = checkpoint_num_classes(state_dict)
+    reset_head = ckpt_classes is not None and ckpt_classes != model.num_classes
+    if reset_head:
+        logger.warning("checkpoint has %d classes but the model has %d: the classifier layer "
+                       "head.fc is re-initialised (fine-tuning set-up)", ckpt_classes, model.num_classes)
+    load_into(model, state_dict, reset_head=reset_head)
+    return model

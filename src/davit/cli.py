@@ -1,0 +1,151 @@
+"""The ``davit`` command line: list, predict, flops, convert."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+logger = logging.getLogger("davit")
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .zoo import MODELS, list_models
+
+    for name in list_models(args.pattern, pretrained=args.pretrained):
+        info = MODELS[name]
+        print(f"{name:28s} arch={info.arch:6s} weights={info.weights or '-'}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .api import get_model, inference_model
+
+    pretrained = args.checkpoint if args.checkpoint else True
+    model = get_model(args.model, pretrained=pretrained, device=args.device,
+                      semantics=args.semantics)
+    results = inference_model(model, list(args.images), batch_size=args.batch_size)
+    names = model.class_names
+    records, failed = [], 0
+    for path, result in zip(args.images, results):
+        if "error" in result:
+            failed += 1
+            print(f"davit: error: {result['error']}", file=sys.stderr)
+            records.append({"image": path, "error": result["error"]})
+            continue
+        scores = torch.from_numpy(result["pred_scores"])
+        top = scores.topk(min(args.topk, scores.numel()))
+        predictions = [{"label": int(i), "score": float(s),
+                        **({"class": names[int(i)]} if names else {})}
+                       for s, i in zip(top.values, top.indices)]
+        records.append({"image": path, "predictions": predictions})
+        if not args.json:
+            print(path)
+            for p in predictions:
+                print(f"  {p['score']:.4f}  {p['label']:4d}  {p.get('class', '')}")
+    if args.json:
+        print(json.dumps(records, indent=2))
+    return 1 if failed else 0
+
+
+def _cmd_flops(args: argparse.Namespace) -> int:
+    from .api import _resolve
+    from .flops import count_flops
+    from .model import DaViTClassifier
+
+    arch, num_classes, _ = _resolve(args.model)
+    with torch.device("meta"):
+        model = DaViTClassifier(arch, num_classes=num_classes, semantics=args.semantics)
+    result = {"model": args.model, **count_flops(model, tuple(args.input_size))}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"model       {args.model}\ninput size  {args.input_size[0]}x{args.input_size[1]}\n"
+              f"params      {result['params']:,} ({result['params'] / 1e6:.2f} M)\n"
+              f"flops       {result['flops']:,} ({result['flops'] / 1e9:.2f} G multiply-adds, "
+              f"feature extractor as in mmpretrain's table)\n"
+              f"head flops  {result['head_flops']:,}")
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .checkpoint.convert import convert_file
+
+    out = convert_file(args.src, args.dst, to=args.to, source_format=args.source_format)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .checkpoint.formats import FORMATS
+    from .model import SEMANTICS
+
+    parser = argparse.ArgumentParser(prog="davit", description="DaViT models and tools")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs and tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list model names")
+    p.add_argument("pattern", nargs="?", help="glob or substring, e.g. '*tiny*'")
+    p.add_argument("--pretrained", action="store_true", help="only models with published weights")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("predict", help="classify images")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--model", default="davit-tiny_3rdparty_in1k", help="model name (davit list)")
+    p.add_argument("--checkpoint", help="weights: path, URL or hf-hub: name (default: the model's)")
+    p.add_argument("--topk", type=_positive_int, default=5)
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1")
+    p.add_argument("--semantics", choices=SEMANTICS, default="official")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("flops", help="count parameters and multiply-adds")
+    p.add_argument("model", help="model or architecture name")
+    p.add_argument("--input-size", nargs=2, type=_positive_int, default=[224, 224], metavar=("H", "W"))
+    p.add_argument("--semantics", choices=SEMANTICS, default="official",
+                   help="official (default) or mmpretrain, whose final LayerNorm acts on every "
+                        "token before pooling: then the count equals the seed's table exactly")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_flops)
+
+    p = sub.add_parser("convert", help="convert a checkpoint between formats")
+    p.add_argument("src", help="checkpoint path, URL or hf-hub: name")
+    p.add_argument("dst", help="output .pth or .safetensors")
+    p.add_argument("--to", required=True, choices=FORMATS)
+    p.add_argument("--from", dest="source_format", choices=FORMATS, help="default: detected")
+    p.set_defaults(func=_cmd_convert)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s: %(message)s")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("davit: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, OSError, TypeError) as error:
+        if args.verbose:
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"davit: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

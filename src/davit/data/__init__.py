@@ -1,0 +1,32 @@
+"""ImageNet class names, image loading and DaViT's test-time preprocessing."""
+
+from .classes import imagenet_classes, imagenet_synsets
+from .images import ImageLoadError, ImageSource, load_image
+from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TestTransform,
+    build_test_transform,
+    center_crop,
+    preprocess,
+    resize_short_edge,
+    short_edge_size,
+    to_uint8_crop,
+)
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageLoadError",
+    "ImageSource",
+    "TestTransform",
+    "build_test_transform",
+    "center_crop",
+    "imagenet_classes",
+    "imagenet_synsets",
+    "load_image",
+    "preprocess",
+    "resize_short_edge",
+    "short_edge_size",
+    "to_uint8_crop",
+]

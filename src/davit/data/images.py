@@ -1,0 +1,122 @@
+"""Turning image files, PIL images and numpy arrays into RGB PIL images."""
+
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeAlias
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+ImageSource: TypeAlias = str | os.PathLike[str] | Image.Image | np.ndarray
+
+
+class ImageLoadError(ValueError):
+    """An image source that cannot be turned into an RGB image."""
+
+
+def load_image(source: ImageSource) -> Image.Image:
+    """Load ``source`` as a fully decoded RGB image that holds no open file.
+
+    ``source`` is a path to an image file, a PIL image, or a uint8 numpy array:
+    HxWx3 (RGB; note that mmpretrain takes arrays as BGR), HxW (grey) or HxWx4
+    (RGBA). Files and PIL images are turned upright by their EXIF orientation,
+    as mmpretrain's OpenCV loading does. Alpha is dropped, not composited,
+    again as OpenCV does. 16-bit grey (and Pillow's 32-bit mode ``I``, which
+    holds 16-bit data in practice) keeps the high byte (``>> 8``, after
+    clipping ``I`` to 0..65535); float grey (``F``) is taken as 0..255.
+
+    Truncated files are refused even when ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``
+    is set (it is switched off, process-wide, while decoding), and so are files over
+    ``PIL.Image.MAX_IMAGE_PIXELS``. Raises :class:`ImageLoadError`.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        return _load_file(Path(source))
+    if isinstance(source, Image.Image):
+        return _to_rgb(source, getattr(source, "filename", "") or "the given PIL image")
+    if isinstance(source, np.ndarray):
+        return _from_array(source)
+    raise ImageLoadError(
+        f"cannot load an image from an object of type {type(source).__name__}; pass a file path, "
+        "a PIL image or an HxWx3 uint8 numpy array"
+    )
+
+
+def _load_file(path: Path) -> Image.Image:
+    """Decode the image file at ``path``."""
+    if not path.exists():
+        raise ImageLoadError(f"{path} does not exist; check the image path")
+    if path.is_dir():
+        raise ImageLoadError(f"{path} is a directory; pass the path of an image file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with open(path, "rb") as fp, Image.open(fp) as image:
+                return _to_rgb(image, str(path))
+    except UnidentifiedImageError:
+        raise ImageLoadError(
+            f"{path} is not an image file Pillow can read; pass a JPEG, PNG or other image file"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{found[1]} pixels" if found else "too many pixels"
+        raise ImageLoadError(
+            f"{path} has {size}, over the limit PIL.Image.MAX_IMAGE_PIXELS = "
+            f"{Image.MAX_IMAGE_PIXELS} pixels, and is refused as a possible decompression "
+            "bomb; if you trust this file, raise PIL.Image.MAX_IMAGE_PIXELS (or set it to "
+            "None) and load it again"
+        ) from None
+    except OSError as err:
+        raise ImageLoadError(f"cannot read {path}: {err}") from err
+
+
+@contextmanager
+def _truncated_images_refused() -> Iterator[None]:
+    """Switch off ``ImageFile.LOAD_TRUNCATED_IMAGES`` for the duration."""
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def _to_rgb(image: Image.Image, name: str) -> Image.Image:
+    """Decode ``image`` fully and return an upright RGB copy of it."""
+    try:
+        with _truncated_images_refused():
+            image.load()
+    except (OSError, SyntaxError) as err:
+        raise ImageLoadError(
+            f"{name} is truncated or corrupt ({err}); re-download or re-export the image"
+        ) from None
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode == "I" or mode.startswith("I;16"):
+        values = np.asarray(image)
+        if mode == "I":
+            values = values.clip(0, 65535)
+        image = Image.fromarray((values >> 8).astype(np.uint8))
+    elif mode == "F":
+        image = image.convert("L")
+    elif mode in ("P", "PA"):
+        image = image.convert("RGBA")
+    try:
+        return image.convert("RGB")
+    except ValueError as err:
+        raise ImageLoadError(f"{name}: cannot convert {mode} pixels to RGB ({err})") from None
+
+
+def _from_array(array: np.ndarray) -> Image.Image:
+    """An RGB image from a uint8 HxWx3, HxW or HxWx4 array."""
+    shape_ok = array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))
+    if array.dtype != np.uint8 or not shape_ok or array.size == 0:
+        raise ImageLoadError(
+            f"expected an HxWx3 uint8 RGB array (HxW grey and HxWx4 RGBA are accepted too), "
+            f"got shape {array.shape} and dtype {array.dtype}; for floats in [0, 1] pass "
+            "(array * 255).round().astype(numpy.uint8)"
+        )
+    return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")

@@ -1,0 +1,137 @@
+"""The test-time pipeline of mmpretrain's DaViT configs, on PIL images.
+
+mmpretrain runs ``ResizeEdge(scale=236, edge='short', backend='pillow',
+interpolation='bicubic')``, ``CenterCrop(crop_size=224)`` and then normalises
+RGB values in 0..255 with the ImageNet mean and std. The functions below repeat
+its size and offset arithmetic exactly and let Pillow do the resampling, so the
+crops match mmpretrain's pixel for pixel.
+"""
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms.functional import pil_to_tensor
+
+from .images import ImageSource, load_image
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+_RESAMPLING = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "lanczos": Image.Resampling.LANCZOS,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+def short_edge_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) that mmpretrain's ``ResizeEdge(scale=size, edge='short')`` picks.
+
+    The short side becomes ``size`` and the long side ``int(size * long / short)``,
+    truncated (the same rule as ``torchvision.transforms.Resize(size)``, and not
+    mmcv's rounding ``rescale_size``, which ResizeEdge does not use).
+    """
+    if width < height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
+
+def resize_short_edge(img: Image.Image, size: int, interpolation: str = "bicubic") -> Image.Image:
+    """Resize ``img`` so that its short side is ``size``, with Pillow's resampling.
+
+    ``interpolation`` is one of nearest, bilinear, bicubic, box, lanczos, hamming.
+    """
+    if interpolation not in _RESAMPLING:
+        raise ValueError(f"interpolation must be one of {sorted(_RESAMPLING)}, got {interpolation!r}")
+    return img.resize(short_edge_size(img.width, img.height, size), _RESAMPLING[interpolation])
+
+
+def center_crop(img: Image.Image, size: int) -> Image.Image:
+    """The central ``size`` x ``size`` region, as mmpretrain's ``CenterCrop(crop_size=size)``.
+
+    Offsets are ``int(round((side - size) / 2))``, so halves round to even. Like
+    mmpretrain's default ``auto_pad=False``, a side shorter than ``size`` is kept
+    whole instead of padded, and the result is then smaller than requested.
+    """
+    crop_w, crop_h = min(size, img.width), min(size, img.height)
+    left = int(round((img.width - crop_w) / 2.0))
+    top = int(round((img.height - crop_h) / 2.0))
+    return img.crop((left, top, left + crop_w, top + crop_h))
+
+
+def to_uint8_crop(
+    img: ImageSource, resize_edge: int = 236, crop_size: int = 224, interpolation: str = "bicubic"
+) -> torch.Tensor:
+    """The RGB crop before normalisation: a uint8 tensor of shape (3, crop_size, crop_size).
+
+    ``img`` is anything :func:`~davit.data.load_image` accepts.
+    """
+    resized = resize_short_edge(load_image(img), resize_edge, interpolation)
+    return pil_to_tensor(center_crop(resized, crop_size))
+
+
+@dataclass(frozen=True)
+class TestTransform:
+    """Image source -> normalised float32 (3, crop_size, crop_size) tensor.
+
+    Resizes the short edge to ``resize_edge``, centre-crops ``crop_size`` and
+    computes ``(x - mean) / std`` on RGB values in 0..255.
+    """
+
+    __test__ = False  # keeps pytest from collecting this class
+
+    resize_edge: int = 236
+    crop_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bicubic"
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in _RESAMPLING:
+            raise ValueError(
+                f"interpolation must be one of {sorted(_RESAMPLING)}, got {self.interpolation!r}"
+            )
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError("mean and std need one value per RGB channel")
+
+    def __call__(self, img: ImageSource) -> torch.Tensor:
+        pixels = to_uint8_crop(img, self.resize_edge, self.crop_size, self.interpolation).float()
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
+        return (pixels - mean) / std
+
+
+def build_test_transform(
+    resize_edge: int = 236,
+    crop_size: int = 224,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    interpolation: str = "bicubic",
+) -> TestTransform:
+    """The DaViT test-time transform; the defaults are those of mmpretrain's configs."""
+    return TestTransform(resize_edge, crop_size, tuple(mean), tuple(std), interpolation)
+
+
+def preprocess(
+    images: ImageSource | Sequence[ImageSource], transform: TestTransform | None = None
+) -> torch.Tensor:
+    """Load and transform images into a float32 batch, (N, 3, 224, 224) by default.
+
+    ``images`` is a list of sources (or a single one) that
+    :func:`~davit.data.load_image` accepts; ``transform`` defaults to
+    :func:`build_test_transform`'s.
+    """
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+        images = [images]
+    images = list(images)
+    if not images:
+        raise ValueError("preprocess needs at least one image")
+    transform = transform or build_test_transform()
+    return torch.stack([transform(image) for image in images])
