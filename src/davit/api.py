@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .checkpoint.load import checkpoint_num_classes, load_into, read_checkpoint
-from .data import ImageLoadError, build_test_transform, imagenet_classes, load_image
+from .data import ImageLoadError, build_test_transform, imagenet_classes
 from .model import ARCHS, DaViTArch, DaViTClassifier
 from .zoo import get_model_info
 
@@ -100,7 +100,7 @@ def inference_model(model: DaViTClassifier | str, inputs: ImageInput | Sequence[
     errors: dict[int, str] = {}
     for index, item in enumerate(items):
         try:
-            tensors.append(transform(load_image(item)))
+            tensors.append(transform(item))
         except ImageLoadError as error:
             if single:
                 raise

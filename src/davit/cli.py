@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -80,6 +81,13 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+_DELEGATED = {
+    "test": ("davit.engine.evaluate", "evaluate a checkpoint on a dataset (as tools/test.py)"),
+    "train": ("davit.engine.train", "train or fine-tune (as tools/train.py)"),
+    "benchmark": ("davit.benchmark", "time this library's DaViT against timm's"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .checkpoint.formats import FORMATS
     from .model import SEMANTICS
@@ -119,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, choices=FORMATS)
     p.add_argument("--from", dest="source_format", choices=FORMATS, help="default: detected")
     p.set_defaults(func=_cmd_convert)
+
+    for name, (_, help_text) in _DELEGATED.items():
+        p = sub.add_parser(name, help=help_text, add_help=False)
+        p.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -130,6 +142,10 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _DELEGATED:
+        module = importlib.import_module(_DELEGATED[argv[0]][0])
+        return module.main(argv[1:], prog=f"davit {argv[0]}")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
