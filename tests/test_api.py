@@ -178,3 +178,16 @@ def test_every_format_loads_to_the_same_model(tmp_path, tiny_weights):
 def test_public_names():
     assert callable(davit.get_model) and callable(davit.inference_model)
     assert davit.DaViTClassifier is DaViTClassifier
+
+
+def test_backbone_loads_a_classifier_checkpoint(tmp_path, tiny_weights, caplog):
+    from davit.checkpoint.load import load_pretrained
+    from davit.model import DaViT
+
+    path = tmp_path / "tiny-timm.pth"
+    torch.save(from_davit(tiny_weights, "timm"), path)
+    backbone = DaViT("tiny", out_indices=(0, 1, 2, 3))
+    with caplog.at_level(logging.INFO, logger="davit"):
+        load_pretrained(backbone, path)
+    assert "head.fc.weight" in caplog.text
+    assert torch.equal(backbone.stem.conv.weight, tiny_weights["backbone.stem.conv.weight"])

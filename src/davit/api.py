@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .checkpoint.load import checkpoint_num_classes, load_into, read_checkpoint
+from .checkpoint.load import checkpoint_num_classes, load_pretrained, read_checkpoint
 from .data import ImageLoadError, build_test_transform, imagenet_classes
 from .model import ARCHS, DaViTArch, DaViTClassifier
 from .zoo import get_model_info
@@ -54,11 +54,7 @@ def get_model(model: str | dict | DaViTArch, pretrained: bool | str | Path = Fal
     classes = num_classes if num_classes is not None else (ckpt_classes or default_classes)
     net = DaViTClassifier(arch, num_classes=classes, semantics=semantics, **backbone_options)
     if state_dict is not None:
-        reset_head = ckpt_classes is not None and ckpt_classes != classes
-        if reset_head:
-            logger.warning("checkpoint has %d classes, the model %d: the classifier layer head.fc "
-                           "is re-initialised (fine-tuning set-up)", ckpt_classes, classes)
-        load_into(net, state_dict, reset_head=reset_head)
+        load_pretrained(net, state_dict)
     if classes == 1000:
         net.class_names = imagenet_classes()
     net.eval()

@@ -96,13 +96,15 @@ def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], reset_head: bo
     model.load_state_dict(state_dict, strict=not reset_head)
 
 
-def load_pretrained(model: nn.Module, source: str | Path, progress: bool = True) -> nn.Module:
-    """Load ``source`` (path, URL or hub name, any format) into a DaViT classifier or backbone.
+def load_pretrained(model: nn.Module, source: str | Path | Mapping[str, Tensor],
+                    progress: bool = True) -> nn.Module:
+    """Load ``source`` (path, URL or hub name in any format, or a davit-format state dict) into a
+    DaViT classifier or backbone.
 
     A classifier whose class count differs from the checkpoint's keeps its own freshly initialised
     ``head.fc`` (logged), the usual set-up for fine-tuning.
     """
-    state_dict = read_checkpoint(source, progress=progress)
+    state_dict = source if isinstance(source, Mapping) else read_checkpoint(source, progress=progress)
     if not any(k.startswith("head.") for k in model.state_dict()):
         head = [k for k in state_dict if not k.startswith("backbone.")]
         if head:
