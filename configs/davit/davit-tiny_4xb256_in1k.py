@@ -5,3 +5,8 @@ _base_ = [
     '../_base_/schedules/imagenet_bs1024_adamw_swin.py',
     '../_base_/default_runtime.py',
 ]
+
+# Evaluate with mmpretrain's port semantics, so that this config gives the numbers mmpretrain's
+# tools/test.py gives for the same weights. `--semantics official` (or
+# `--cfg-options model.semantics=official`) evaluates the official DaViT instead.
+model = dict(semantics='mmpretrain')

@@ -1,6 +1,13 @@
 """ImageNet class names, image loading and DaViT's test-time preprocessing."""
 
 from .classes import imagenet_classes, imagenet_synsets
+from .datasets import (
+    AnnotatedImageDataset,
+    ClassFolderDataset,
+    DatasetError,
+    LabelledImageDataset,
+    build_dataset,
+)
 from .images import ImageLoadError, ImageSource, load_image
 from .transforms import (
     IMAGENET_MEAN,
@@ -15,6 +22,11 @@ from .transforms import (
 )
 
 __all__ = [
+    "AnnotatedImageDataset",
+    "ClassFolderDataset",
+    "DatasetError",
+    "LabelledImageDataset",
+    "build_dataset",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ImageLoadError",

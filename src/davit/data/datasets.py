@@ -1,0 +1,291 @@
+"""Labelled image datasets for evaluation: ImageNet-format annotation files and class sub-folders.
+
+An item is a :class:`Sample`; an image that cannot be decoded gives ``image=None`` and the error
+message instead of raising, so one bad file does not stop an evaluation. :func:`collate_samples`
+batches the decoded images and carries the failures alongside.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import torch
+from torch.utils.data import Dataset
+
+from .classes import imagenet_classes, imagenet_synsets
+from .images import ImageLoadError, load_image
+
+logger = logging.getLogger("davit")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif")
+DATASET_TYPES = ("ImageNet", "CustomDataset")
+# Dataset config keys read elsewhere (the pipeline builds the transform) or without effect here.
+_OTHER_KEYS = {"type", "pipeline", "test_mode", "lazy_init", "serialize_data", "max_refetch"}
+
+Transform = Callable[[Any], torch.Tensor]
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be evaluated: missing files, no images, or labels the model lacks."""
+
+
+class Sample(NamedTuple):
+    """One dataset item: the image tensor (None when it failed to load) and why it failed."""
+
+    image: torch.Tensor | None
+    label: int
+    index: int
+    error: str | None
+
+
+@dataclass
+class Batch:
+    """Collated samples: the stacked images that loaded, and the (index, label, error) of those
+    that did not."""
+
+    images: torch.Tensor | None
+    labels: torch.Tensor
+    indices: list[int]
+    failures: list[tuple[int, int, str]]
+
+    def pin_memory(self) -> Batch:
+        images = self.images.pin_memory() if self.images is not None else None
+        return Batch(images, self.labels.pin_memory(), self.indices, self.failures)
+
+
+def collate_samples(samples: list[Sample]) -> Batch:
+    """Stack the loaded images of ``samples``; list the failed ones in ``failures``."""
+    good = [s for s in samples if s.image is not None]
+    images = torch.stack([s.image for s in good]) if good else None
+    labels = torch.tensor([s.label for s in good], dtype=torch.long)
+    failures = [(s.index, s.label, s.error) for s in samples if s.image is None]
+    return Batch(images, labels, [s.index for s in good], failures)
+
+
+class LabelledImageDataset(Dataset):
+    """Image files with integer labels, decoded and transformed on access.
+
+    Args:
+        samples: (image path, label) pairs.
+        transform: maps an image path to a tensor; raises ImageLoadError for a bad file.
+        classes: class names indexed by label, when known.
+        num_classes: when given, every label must lie in ``[0, num_classes)``.
+        source: what the samples came from, for error messages.
+    """
+
+    def __init__(self, samples: list[tuple[Path, int]], transform: Transform,
+                 classes: list[str] | None = None, num_classes: int | None = None,
+                 source: str = "the dataset") -> None:
+        if not samples:
+            raise DatasetError(f"{source} lists no images; point the dataset at a folder or "
+                               "annotation file that holds some")
+        self.samples = samples
+        self.transform = transform
+        self.classes = classes
+        self.source = source
+        if num_classes is not None:
+            self._check_labels(num_classes)
+
+    def _check_labels(self, num_classes: int) -> None:
+        for position, (path, label) in enumerate(self.samples):
+            if not 0 <= label < num_classes:
+                raise DatasetError(
+                    f"{self.describe(position)} has label {label}, outside the model's "
+                    f"{num_classes} classes (0..{num_classes - 1}); fix the labels or use a model "
+                    "with more classes (model.head.num_classes)")
+
+    def describe(self, position: int) -> str:
+        """Where sample ``position`` comes from, for messages."""
+        return str(self.samples[position][0])
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        path, label = self.samples[index]
+        try:
+            return Sample(self.transform(path), label, index, None)
+        except ImageLoadError as error:
+            message = str(error) if str(path) in str(error) else f"{path}: {error}"
+            return Sample(None, label, index, message)
+
+
+class AnnotatedImageDataset(LabelledImageDataset):
+    """An ImageNet-format annotation file: one ``relative/path label`` line per image, the path
+    relative to ``img_root`` (it may contain spaces; the label follows the last one)."""
+
+    def __init__(self, ann_file: str | Path, img_root: str | Path, transform: Transform,
+                 classes: list[str] | None = None, num_classes: int | None = None) -> None:
+        ann_file, img_root = Path(ann_file), Path(img_root)
+        if not ann_file.is_file():
+            raise DatasetError(f"annotation file {ann_file} does not exist; create it (one "
+                               "'relative/path label' line per image) or set "
+                               "test_dataloader.dataset.ann_file")
+        if not img_root.is_dir():
+            raise DatasetError(f"image folder {img_root} does not exist; the paths in {ann_file} "
+                               "are relative to it (set test_dataloader.dataset.data_prefix)")
+        samples, self.line_numbers = [], []
+        with open(ann_file, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                line = line.strip()
+                if not line:
+                    continue
+                name, _, label = line.rpartition(" ")
+                if not name or not label.lstrip("-").isdigit():
+                    raise DatasetError(f"{ann_file} line {number}: expected 'relative/path label', "
+                                       f"got {line!r}")
+                samples.append((img_root / name, int(label)))
+                self.line_numbers.append(number)
+        self.ann_file = ann_file
+        super().__init__(samples, transform, classes, num_classes, source=str(ann_file))
+
+    def describe(self, position: int) -> str:
+        return f"{self.ann_file} line {self.line_numbers[position]} ({self.samples[position][0]})"
+
+
+class ClassFolderDataset(LabelledImageDataset):
+    """A folder of class sub-folders (``root/<class>/**/<image>``), as mmpretrain reads one.
+
+    Labels follow the sorted sub-folder names. With ``imagenet_synsets=True`` the sub-folders must
+    be ImageNet WordNet ids (``n01440764``) and each takes its ImageNet-1k label, so a subset of the
+    classes keeps the model's numbering. Images are files with the extensions in
+    ``IMAGE_EXTENSIONS`` (any case), in sorted order.
+    """
+
+    def __init__(self, root: str | Path, transform: Transform, classes: list[str] | None = None,
+                 num_classes: int | None = None, imagenet_synsets: bool = False) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise DatasetError(f"image folder {root} does not exist; set "
+                               "test_dataloader.dataset.data_root / data_prefix")
+        folders = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+        if not folders:
+            raise DatasetError(f"{root} has no class sub-folders and no annotation file was "
+                               "given; put each class's images in a sub-folder, or set "
+                               "test_dataloader.dataset.ann_file")
+        if imagenet_synsets:
+            labels = _synset_labels(root, folders)
+            classes = imagenet_classes()
+        else:
+            labels = {folder: i for i, folder in enumerate(folders)}
+            if classes is not None and len(classes) != len(folders):
+                raise DatasetError(f"{root} has {len(folders)} class sub-folders but "
+                                   f"{len(classes)} class names are configured; make them agree")
+            classes = classes if classes is not None else folders
+            if num_classes is not None and len(folders) > num_classes:
+                raise DatasetError(f"{root} has {len(folders)} class sub-folders but the model "
+                                   f"has {num_classes} classes; use a model with "
+                                   f"{len(folders)} classes (model.head.num_classes)")
+        samples, empty = [], []
+        for folder in folders:
+            files = _image_files(root / folder)
+            if not files:
+                empty.append(folder)
+            samples.extend((root / folder / name, labels[folder]) for name in files)
+        if empty:
+            logger.warning("no images (%s) in the class folder(s) %s of %s",
+                           ", ".join(IMAGE_EXTENSIONS), ", ".join(empty), root)
+        if not samples:
+            raise DatasetError(f"found no images ({', '.join(IMAGE_EXTENSIONS)}) in the class "
+                               f"sub-folders of {root}")
+        super().__init__(samples, transform, classes, num_classes, source=str(root))
+
+
+def _synset_labels(root: Path, folders: list[str]) -> dict[str, int]:
+    index = {synset: i for i, synset in enumerate(imagenet_synsets())}
+    unknown = [f for f in folders if f not in index]
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise DatasetError(f"{root}: an ImageNet dataset's class folders must be WordNet ids "
+                           f"such as n01440764, but {shown} is not one; for other classes set "
+                           "test_dataloader.dataset.type=CustomDataset")
+    return {folder: index[folder] for folder in folders}
+
+
+def _image_files(folder: Path) -> list[str]:
+    """Relative POSIX paths of the image files under ``folder``, recursively, sorted."""
+    found = []
+    for directory, _, files in os.walk(folder, followlinks=True):
+        for name in files:
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append((Path(directory) / name).relative_to(folder).as_posix())
+    return sorted(found)
+
+
+def build_dataset(cfg: dict, transform: Transform, num_classes: int | None = None) -> LabelledImageDataset:
+    """The dataset an mmpretrain ``test_dataloader.dataset`` dict describes.
+
+    ``type`` is ``ImageNet`` (ImageNet-1k class names; ``split`` picks ``<split>/`` and, when it
+    exists, ``meta/<split>.txt``) or ``CustomDataset`` (class names from ``classes`` or the
+    sub-folders). With an annotation file (``ann_file``) the images are listed there; without one
+    they are read from class sub-folders. Relative ``ann_file`` and ``data_prefix`` are joined to
+    ``data_root``. ``classes`` may be a list or a file with one name per line.
+    """
+    kind = cfg.get("type", "ImageNet")
+    if kind not in DATASET_TYPES:
+        raise DatasetError(f"unsupported dataset type {kind!r}; use one of {list(DATASET_TYPES)}")
+    known = _OTHER_KEYS | {"data_root", "data_prefix", "ann_file", "split", "classes",
+                               "metainfo", "with_label", "extensions"}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise DatasetError(f"test_dataloader.dataset has options this evaluator does not "
+                           f"support: {unknown}; remove them from the config")
+    if not cfg.get("with_label", True):
+        raise DatasetError("the dataset has with_label=False; evaluation needs labelled images")
+    if tuple(cfg.get("extensions", IMAGE_EXTENSIONS)) != IMAGE_EXTENSIONS:
+        raise DatasetError(f"only the default image extensions {list(IMAGE_EXTENSIONS)} are "
+                           "supported; remove test_dataloader.dataset.extensions")
+
+    data_root = Path(os.path.expanduser(cfg.get("data_root", "")))
+    ann_file = cfg.get("ann_file", "")
+    prefix = cfg.get("data_prefix", "")
+    if isinstance(prefix, dict):
+        prefix = prefix.get("img_path", "")
+    split = cfg.get("split", "")
+    if split and kind != "ImageNet":
+        raise DatasetError(f"'split' is an ImageNet dataset option, not a {kind} one")
+    if split:
+        if split == "test":
+            raise DatasetError("the ImageNet test split has no labels; evaluate on split='val'")
+        if split not in ("train", "val"):
+            raise DatasetError(f"split must be 'train', 'val' or 'test', got {split!r}")
+        prefix = prefix or split
+        if not ann_file and (data_root / "meta" / f"{split}.txt").is_file():
+            ann_file = f"meta/{split}.txt"
+    if not data_root.is_dir():
+        raise DatasetError(f"the data root {data_root} does not exist (looked in "
+                           f"{data_root.resolve()}); put the dataset there or set "
+                           "test_dataloader.dataset.data_root")
+    img_root = data_root / os.path.expanduser(prefix)
+    classes = _configured_classes(cfg)
+    if kind == "ImageNet":
+        if classes is not None:
+            raise DatasetError("an ImageNet dataset has the ImageNet-1k class names; drop "
+                               "'classes' or set test_dataloader.dataset.type=CustomDataset")
+        classes = imagenet_classes()
+    if ann_file:
+        return AnnotatedImageDataset(data_root / os.path.expanduser(ann_file), img_root, transform,
+                                     classes, num_classes)
+    return ClassFolderDataset(img_root, transform, classes if kind == "CustomDataset" else None,
+                              num_classes, imagenet_synsets=kind == "ImageNet")
+
+
+def _configured_classes(cfg: dict) -> list[str] | None:
+    classes = cfg.get("classes")
+    metainfo = cfg.get("metainfo") or {}
+    unknown = sorted(set(metainfo) - {"classes"})
+    if unknown:
+        raise DatasetError(f"test_dataloader.dataset.metainfo keys {unknown} are not supported; "
+                           "only 'classes' is")
+    if classes is not None and "classes" in metainfo:
+        raise DatasetError("give the class names once: 'classes' or 'metainfo.classes'")
+    classes = classes if classes is not None else metainfo.get("classes")
+    if isinstance(classes, str):
+        path = Path(os.path.expanduser(classes))
+        if not path.is_file():
+            raise DatasetError(f"the class-name file {path} does not exist")
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return None if classes is None else [str(c) for c in classes]

@@ -1,0 +1,1 @@
+"""The workflows behind tools/*.py (evaluation: tools/test.py) and their multi-process helpers."""

@@ -1,0 +1,10 @@
+"""Evaluate a DaViT checkpoint on a dataset: ``python tools/test.py CONFIG CHECKPOINT [options]``.
+
+The same as ``davit test``; see ``python tools/test.py --help``.
+"""
+import sys
+
+from davit.engine.evaluate import main
+
+if __name__ == "__main__":
+    sys.exit(main())
