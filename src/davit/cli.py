@@ -1,4 +1,4 @@
-"""The ``davit`` command line: list, predict, flops, convert."""
+"""The ``davit`` command line: list, predict, flops, convert, export, test, train, benchmark."""
 from __future__ import annotations
 
 import argparse
@@ -73,6 +73,18 @@ def _cmd_flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .api import get_model
+    from .export import export_onnx
+
+    pretrained = args.checkpoint if args.checkpoint else not args.random_weights
+    model = get_model(args.model, pretrained=pretrained, semantics=args.semantics,
+                      num_classes=args.num_classes)
+    out = export_onnx(model, args.output, tuple(args.input_size), verify=not args.no_verify)
+    print(f"wrote {out}")
+    return 0
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .checkpoint.convert import convert_file
 
@@ -127,6 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, choices=FORMATS)
     p.add_argument("--from", dest="source_format", choices=FORMATS, help="default: detected")
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("export", help="export a model to ONNX (checked with onnxruntime)")
+    p.add_argument("model", help="model or architecture name")
+    p.add_argument("output", help="output .onnx file")
+    p.add_argument("--checkpoint", help="weights: path, URL or hf-hub: name (default: the model's)")
+    p.add_argument("--random-weights", action="store_true", help="export without weights")
+    p.add_argument("--num-classes", type=_positive_int, help="default: the checkpoint's")
+    p.add_argument("--input-size", nargs=2, type=_positive_int, default=[224, 224], metavar=("H", "W"))
+    p.add_argument("--semantics", choices=SEMANTICS, default="official")
+    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
+    p.set_defaults(func=_cmd_export)
 
     for name, (_, help_text) in _DELEGATED.items():
         p = sub.add_parser(name, help=help_text, add_help=False)

@@ -1,0 +1,35 @@
+"""ONNX export, checked against the golden official logits through onnxruntime."""
+import numpy as np
+import pytest
+import torch
+
+onnxruntime = pytest.importorskip("onnxruntime")
+
+from davit.checkpoint.formats import to_davit  # noqa: E402
+from davit.cli import main  # noqa: E402
+from davit.export import export_onnx  # noqa: E402
+from davit.model import DaViTClassifier  # noqa: E402
+
+
+def test_onnx_reproduces_golden_logits_with_dynamic_batch(golden, golden_arch, tmp_path):
+    arch, num_classes = golden_arch
+    model = DaViTClassifier(arch, num_classes=num_classes).eval()
+    model.load_state_dict(to_davit(golden["state_dict_official"]))
+    path = export_onnx(model, tmp_path / "mini.onnx", input_size=(224, 224))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = golden["inputs"]["x224"]
+    (logits,) = session.run(None, {"images": x.numpy()})
+    np.testing.assert_allclose(logits, golden["outputs"]["official_logits_x224"].numpy(), atol=1e-4)
+    (batch,) = session.run(None, {"images": np.concatenate([x.numpy()] * 3)})
+    assert batch.shape == (3, num_classes)
+
+
+def test_export_cli_and_bad_output_name(tmp_path, capsys):
+    with pytest.raises(ValueError, match=".onnx"):
+        export_onnx(DaViTClassifier("tiny", num_classes=2), tmp_path / "model.bin")
+    assert main(["export", "tiny", str(tmp_path / "tiny.onnx"), "--random-weights", "--num-classes", "3",
+                 "--input-size", "64", "96"]) == 0
+    assert (tmp_path / "tiny.onnx").is_file() and not list(tmp_path.glob(".*.part"))
+    session = onnxruntime.InferenceSession(str(tmp_path / "tiny.onnx"), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"images": torch.randn(1, 3, 64, 96).numpy()})
+    assert logits.shape == (1, 3)
