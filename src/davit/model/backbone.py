@@ -35,12 +35,32 @@ class DaViTStage(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.downsample(x)
+        groups = x.split(_images_per_group(x))
+        outputs = [self._blocks(group) for group in groups]
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+    def _blocks(self, x: Tensor) -> Tensor:
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
         return x
+
+
+CPU_GROUP_BYTES = 2 << 20
+
+
+def _images_per_group(x: Tensor) -> int:
+    """How many images of a (B, H, W, C) batch a stage runs at once.
+
+    On CPU, groups of about :data:`CPU_GROUP_BYTES` of activations keep every intermediate tensor
+    in cache and small enough for the allocator to reuse freed memory instead of mapping fresh
+    pages; images are independent, so the result does not depend on the grouping.
+    """
+    if x.device.type != "cpu":
+        return max(x.shape[0], 1)
+    return max(CPU_GROUP_BYTES // (x[:1].numel() * x.element_size()), 1)
 
 
 class DaViT(nn.Module):

@@ -3,6 +3,11 @@
 Activations travel through a stage as (B, H, W, C) tensors: LayerNorm, Linear and window
 partitioning act on the last dimension directly, and the depthwise position-encoding convolutions
 see a channels-last NCHW view of the same memory, so no block copies data to change layout.
+
+The forward passes compute the official model with fewer memory passes (docs/performance.md):
+the position encodings fold their residual into the convolution, channel attention runs
+channels-first so that every product is one batched matrix product without copies, and residual
+additions write into the branch output or merge windows back into the image in the same pass.
 """
 from __future__ import annotations
 
@@ -28,15 +33,36 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
+class ResidualDepthwiseConv(nn.Conv2d):
+    """A depthwise convolution plus its input: ``x + conv(x)``.
+
+    In single or double precision it runs as one convolution whose kernels have 1 added to their
+    centre tap, which saves a pass over the activations and the memory of the sum. In bfloat16 or
+    half precision (or under autocast) ``1 + w`` would lose most of ``w``'s bits, so the input is
+    added after the convolution.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype in (torch.float32, torch.float64) and not _autocast_enabled(x.device):
+            kh, kw = self.kernel_size
+            centre = F.pad(self.weight.new_ones(1, 1, 1, 1), (kw // 2, kw // 2, kh // 2, kh // 2))
+            return self._conv_forward(x, self.weight + centre, self.bias)
+        return x + self._conv_forward(x, self.weight, self.bias)
+
+
+def _autocast_enabled(device: torch.device) -> bool:
+    return device.type != "meta" and torch.is_autocast_enabled(device.type)
+
+
 class ConvPosEnc(nn.Module):
-    """Depthwise 3x3 convolution added to its input: x + conv(x)."""
+    """Depthwise 3x3 convolution added to its input: x + conv(x), on (B, H, W, C) tensors."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
+        self.proj = ResidualDepthwiseConv(dim, dim, kernel_size=3, padding=1, groups=dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.proj(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.proj(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
 class Mlp(nn.Module):
@@ -61,17 +87,15 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         windows, tokens, dim = x.shape
-        qkv = self.qkv(x).reshape(windows, tokens, 3, self.num_heads, dim // self.num_heads)
+        qkv = self.qkv(x).view(windows, tokens, 3, self.num_heads, dim // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        # The CPU and CUDA kernels return (windows, tokens, heads, head_dim) memory: no copy here.
         x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(windows, tokens, dim))
 
 
 class ChannelAttention(nn.Module):
-    """Attention between channel groups: softmax(k^T v / sqrt(d)) applied to q^T.
-
-    Computed as scaled-dot-product attention with queries k^T, keys v^T and values q^T.
-    """
+    """Attention between channel groups: softmax(k^T v / sqrt(d)) applied to q^T."""
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
@@ -82,10 +106,18 @@ class ChannelAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         batch, tokens, dim = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
-        q_t, k_t, v_t = qkv.permute(2, 0, 3, 4, 1).unbind(0)  # each (B, heads, head_dim, N)
-        x = F.scaled_dot_product_attention(k_t, v_t, q_t, scale=self.scale)
-        return self.proj(x.permute(0, 3, 1, 2).reshape(batch, tokens, dim))
+        qkv = self.qkv(x).view(batch, tokens, 3, self.num_heads, dim // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
+        attn = (torch.matmul(k.transpose(-1, -2), v) * self.scale).softmax(dim=-1)
+        x = torch.matmul(q, attn.transpose(-1, -2))
+        return self.proj(x.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+def _add_residual(x: Tensor, branch: Tensor) -> Tensor:
+    """``x + branch``, written into ``branch`` when it is a fresh tensor of the same layout."""
+    if branch.dtype == x.dtype and branch.stride() == x.stride():
+        return branch.add_(x)
+    return x + branch
 
 
 class SpatialBlock(nn.Module):
@@ -104,25 +136,28 @@ class SpatialBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.cpe1(x)
-        x = x + self.drop_path(self._window_attention(self.norm1(x)))
+        x = self._window_attention(self.cpe1(x))
         x = self.cpe2(x)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return _add_residual(x, self.drop_path(self.mlp(self.norm2(x))))
 
     def _window_attention(self, x: Tensor) -> Tensor:
+        """``x + attn(norm1(x))`` over non-overlapping windows, padding right/bottom if needed."""
         batch, height, width, dim = x.shape
         ws = self.window_size
         pad_b, pad_r = -height % ws, -width % ws
+        windows = self.norm1(x)
         if pad_b or pad_r:
-            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+            windows = F.pad(windows, (0, 0, 0, pad_r, 0, pad_b))
         rows, cols = (height + pad_b) // ws, (width + pad_r) // ws
-        windows = x.reshape(batch, rows, ws, cols, ws, dim).transpose(2, 3).reshape(-1, ws * ws, dim)
-        windows = self.attn(windows)
-        x = windows.reshape(batch, rows, cols, ws, ws, dim).transpose(2, 3)
-        x = x.reshape(batch, rows * ws, cols * ws, dim)
+        windows = windows.view(batch, rows, ws, cols, ws, dim).transpose(2, 3)
+        windows = self.attn(windows.reshape(-1, ws * ws, dim))
+        merged = windows.view(batch, rows, cols, ws, ws, dim).transpose(2, 3)
         if pad_b or pad_r:
-            x = x[:, :height, :width]
-        return x
+            merged = merged.reshape(batch, rows * ws, cols * ws, dim)[:, :height, :width]
+            return x + self.drop_path(merged)
+        # Adding the windows to the image-ordered input puts them back in image order.
+        x = x.view(batch, rows, ws, cols, ws, dim) + self.drop_path(merged)
+        return x.view(batch, height, width, dim)
 
 
 class ChannelBlock(nn.Module):
@@ -141,10 +176,10 @@ class ChannelBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.cpe1(x)
         batch, height, width, dim = x.shape
-        attended = self.attn(self.norm1(x).reshape(batch, height * width, dim))
-        x = x + self.drop_path(attended.reshape(batch, height, width, dim))
+        attended = self.attn(self.norm1(x).view(batch, height * width, dim))
+        x = x + self.drop_path(attended.view(batch, height, width, dim))
         x = self.cpe2(x)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return _add_residual(x, self.drop_path(self.mlp(self.norm2(x))))
 
 
 class DualAttentionBlock(nn.Module):
@@ -187,7 +222,9 @@ class Stem(nn.Module):
             pad = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
         if any(pad):
             x = F.pad(x, pad)
-        return self.norm(self.conv(x).permute(0, 2, 3, 1))
+        # A channels-last input makes the convolution write (B, H, W, C) memory directly.
+        x = self.conv(x.contiguous(memory_format=torch.channels_last))
+        return self.norm(x.permute(0, 2, 3, 1))
 
 
 class Downsample(nn.Module):

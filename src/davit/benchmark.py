@@ -1,0 +1,328 @@
+"""``davit benchmark``: time this library's DaViT and timm's side by side, in one process.
+
+Both models get the same weights (ours converted to timm's keys) and the same inputs, and run
+alternately after warm-up, so that drift of the machine (frequency, other processes) affects both
+alike. Reported per model: images/s (median, min, max over the repeats), peak memory of one step,
+the achieved GFLOP/s and its share of a large matrix product's GFLOP/s measured in the same run
+and dtype (the "matmul ceiling").
+
+Model FLOPs are 2 x the multiply-adds counted by :func:`davit.flops.count_flops` (feature
+extractor and head) per image, and 3 x that for a training step (forward, and a backward pass that
+costs about twice the forward).
+
+Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` during one step minus what was allocated
+before it. On CPU, the highest running total of the bytes that PyTorch's CPU allocator handed out
+during one step (from ``torch.profiler``'s memory events), minus what it freed; memory that MKL or
+oneDNN allocate on their own is not included.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .api import _resolve
+from .checkpoint.formats import from_davit
+from .flops import count_flops
+from .model import DaViTArch, DaViTClassifier, resolve_arch
+
+DTYPES = ("fp32", "bf16", "pure-bf16")
+MODES = ("inference", "train")
+CEILING_SIZE = 2048
+
+
+@dataclass
+class Timing:
+    """What was measured for one model."""
+
+    name: str
+    step_seconds: list[float]
+    batch_size: int
+    flops_per_step: float
+    ceiling_gflops: float
+    peak_memory_bytes: int | None = None
+    images_per_second: dict[str, float] = field(init=False)
+    gflops: float = field(init=False)
+    share_of_ceiling: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        rates = [self.batch_size / s for s in self.step_seconds]
+        self.images_per_second = {"median": statistics.median(rates), "min": min(rates),
+                                  "max": max(rates)}
+        median_step = statistics.median(self.step_seconds)
+        self.gflops = self.flops_per_step / median_step / 1e9
+        self.share_of_ceiling = self.gflops / self.ceiling_gflops
+
+
+def build_parser(prog: str = "davit benchmark") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Time this library's DaViT against timm's DaViT with the same "
+                               "weights and inputs, alternately in one process.")
+    parser.add_argument("--model", default="tiny",
+                        help="zoo name, architecture name (tiny ... giant) or a JSON dict with "
+                             "embed_dims, depths, num_heads (default: tiny)")
+    parser.add_argument("--batch-size", type=_positive_int, default=16)
+    parser.add_argument("--input-size", nargs=2, type=_positive_int, default=[224, 224],
+                        metavar=("H", "W"))
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32",
+                        help="fp32; bf16 (fp32 weights, bfloat16 autocast); pure-bf16 (bfloat16 "
+                             "weights and inputs)")
+    parser.add_argument("--mode", choices=MODES, default="inference",
+                        help="inference (forward without autograd) or train (forward, backward "
+                             "and an AdamW step)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--threads", type=_positive_int, help="torch.set_num_threads")
+    parser.add_argument("--repeats", type=_positive_int, default=10, help="timed steps per model")
+    parser.add_argument("--warmup", type=_non_negative_int, default=2,
+                        help="untimed steps per model first")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if "
+                                                       "available, else cpu)")
+    parser.add_argument("--no-timm", action="store_true", help="time this library's model only")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "davit benchmark") -> int:
+    """Run the benchmark and print its table; 0 on success, 1 with a message on bad input."""
+    args = build_parser(prog).parse_args(argv)
+    try:
+        report = run(args)
+    except (ValueError, RuntimeError, OSError) as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 1
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Build both models, time them and return the report as a JSON-ready dict."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.dtype != "fp32" and device.type == "cpu" and not _cpu_supports_bf16():
+        raise RuntimeError("this CPU has no bfloat16 matrix support")
+    arch, num_classes = _model_arch(args.model)
+    height, width = args.input_size
+
+    torch.manual_seed(0)
+    ours = DaViTClassifier(arch, num_classes=num_classes)
+    flops = count_flops(ours, (height, width))
+    flops_per_image = 2 * (flops["flops"] + flops["head_flops"])
+    flops_per_step = flops_per_image * args.batch_size * (3 if args.mode == "train" else 1)
+    models = {"davit": ours}
+    if not args.no_timm:
+        reference = timm_reference(arch, num_classes, ours.state_dict())
+        if reference is not None:
+            models["timm"] = reference
+
+    weight_dtype = torch.bfloat16 if args.dtype == "pure-bf16" else torch.float32
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(args.batch_size, arch_in_chans(ours), height, width, generator=generator)
+    labels = torch.randint(0, max(num_classes, 1), (args.batch_size,), generator=generator)
+    images, labels = images.to(device, weight_dtype), labels.to(device)
+    steps = {name: make_step(model.to(device, weight_dtype), images, labels, args.mode,
+                             autocast=args.dtype == "bf16", compile_model=args.compile)
+             for name, model in models.items()}
+
+    ceiling_dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
+    steps["matmul"] = matmul_step(device, ceiling_dtype)
+    seconds = time_alternately(steps, args.repeats, args.warmup, device)
+    ceiling = 2 * CEILING_SIZE ** 3 / min(seconds.pop("matmul")) / 1e9
+    del steps["matmul"]
+    timings = {name: Timing(name, seconds[name], args.batch_size, flops_per_step, ceiling,
+                            peak_memory(step, device))
+               for name, step in steps.items()}
+    report = {
+        "config": {"model": args.model, "arch": arch.to_dict(), "num_classes": num_classes,
+                   "batch_size": args.batch_size, "input_size": [height, width],
+                   "dtype": args.dtype, "mode": args.mode, "compile": args.compile,
+                   "threads": torch.get_num_threads(), "repeats": args.repeats,
+                   "warmup": args.warmup, "device": str(device), "torch": torch.__version__,
+                   "timm": _timm_version()},
+        "flops_per_image": flops_per_image,
+        "flops_per_step": flops_per_step,
+        "ceiling_gflops": ceiling,
+        "results": {name: asdict(t) for name, t in timings.items()},
+    }
+    if "timm" in timings:
+        ours_ips, timm_ips = timings["davit"].images_per_second, timings["timm"].images_per_second
+        report["speedup_vs_timm"] = ours_ips["median"] / timm_ips["median"]
+        report["speedup_vs_timm_best"] = ours_ips["max"] / timm_ips["max"]
+    return report
+
+
+def arch_in_chans(model: DaViTClassifier) -> int:
+    return model.backbone.stem.conv.in_channels
+
+
+def timm_reference(arch: DaViTArch, num_classes: int,
+                   state_dict: dict[str, Tensor]) -> nn.Module | None:
+    """timm's DaViT with ``state_dict`` (this library's keys) loaded; None without timm."""
+    try:
+        from timm.models.davit import DaVit
+    except ImportError:
+        return None
+    model = DaVit(depths=arch.depths, embed_dims=arch.embed_dims, num_heads=arch.num_heads,
+                  window_size=arch.window_size, mlp_ratio=arch.mlp_ratio, num_classes=num_classes)
+    model.load_state_dict(from_davit(state_dict, "timm"))
+    return model
+
+
+def make_step(model: nn.Module, images: Tensor, labels: Tensor, mode: str, autocast: bool,
+              compile_model: bool) -> Callable[[], None]:
+    """One inference forward or one training step (forward, backward, AdamW) of ``model``."""
+    forward = torch.compile(model) if compile_model else model
+    amp = (lambda: torch.autocast(images.device.type, torch.bfloat16)) if autocast else (
+        contextlib.nullcontext)
+    if mode == "inference":
+        model.eval()
+
+        def step() -> None:
+            with torch.inference_mode(), amp():
+                forward(images)
+        return step
+
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def train_step() -> None:
+        with amp():
+            loss = F.cross_entropy(forward(images).float(), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return train_step
+
+
+def time_alternately(steps: dict[str, Callable[[], None]], repeats: int, warmup: int,
+                     device: torch.device) -> dict[str, list[float]]:
+    """Seconds per step of each model; the order alternates from one repeat to the next."""
+    names = list(steps)
+    for _ in range(warmup):
+        for name in names:
+            steps[name]()
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(repeats):
+        for name in names if repeat % 2 == 0 else names[::-1]:
+            _synchronize(device)
+            start = time.perf_counter()
+            steps[name]()
+            _synchronize(device)
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def peak_memory(step: Callable[[], None], device: torch.device) -> int:
+    """Bytes allocated at the peak of one step beyond what was allocated before it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    cpu = torch._C._autograd.DeviceType.CPU
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and e.device_type() == cpu)
+    total = peak = 0
+    for _, nbytes in events:
+        total += nbytes
+        peak = max(peak, total)
+    return peak
+
+
+def matmul_step(device: torch.device, dtype: torch.dtype,
+                size: int = CEILING_SIZE) -> Callable[[], None]:
+    """One (size x size) @ (size x size) product: timed with the models, its fastest run gives the
+    matmul ceiling."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    return lambda: torch.mm(a, b)
+
+
+def format_report(report: dict) -> str:
+    """The report as a Markdown table with a header line and the speed-up."""
+    c = report["config"]
+    lines = [
+        f"model {c['model']}, batch {c['batch_size']}, {c['input_size'][0]}x{c['input_size'][1]}, "
+        f"{c['dtype']}, {c['mode']}, {'compiled' if c['compile'] else 'eager'}, "
+        f"{c['threads']} threads, {c['device']}, {c['repeats']} repeats after {c['warmup']} "
+        f"warm-up",
+        f"model FLOPs {report['flops_per_image'] / 1e9:.2f} GFLOP per image; matmul ceiling "
+        f"{report['ceiling_gflops']:.0f} GFLOP/s ({CEILING_SIZE}^3, "
+        f"{'fp32' if c['dtype'] == 'fp32' else 'bf16'})",
+        "",
+        "| model | images/s (median) | min - max | peak memory | GFLOP/s | share of ceiling |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, r in report["results"].items():
+        ips = r["images_per_second"]
+        memory = r["peak_memory_bytes"]
+        lines.append(f"| {name} | {ips['median']:.2f} | {ips['min']:.2f} - {ips['max']:.2f} | "
+                     f"{memory / 2 ** 20:.1f} MiB | {r['gflops']:.1f} | "
+                     f"{100 * r['share_of_ceiling']:.0f}% |")
+    if "speedup_vs_timm" in report:
+        lines += ["", f"davit / timm: {report['speedup_vs_timm']:.2f}x (median images/s), "
+                      f"{report['speedup_vs_timm_best']:.2f}x (best step)"]
+    elif "timm" not in report["results"]:
+        lines += ["", "timm is not installed (or --no-timm): no reference timing"]
+    return "\n".join(lines)
+
+
+def _model_arch(model: str) -> tuple[DaViTArch, int]:
+    if model.lstrip().startswith("{"):
+        try:
+            spec = json.loads(model)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--model is not valid JSON: {error}") from None
+        return resolve_arch(spec), 1000
+    arch, num_classes, _ = _resolve(model)
+    return resolve_arch(arch), num_classes
+
+
+def _cpu_supports_bf16() -> bool:
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timm_version() -> str | None:
+    try:
+        import timm
+    except ImportError:
+        return None
+    return timm.__version__
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value

@@ -1,0 +1,95 @@
+"""Reproducible training data order and augmentation.
+
+:class:`TrainSampler` shuffles like ``DistributedSampler`` (seeded by seed and epoch, one shard per
+process) and gives every draw its own random seed, derived from the run's seed, the epoch and the
+image. :class:`SeededDataset` runs the decoding and augmentation of a draw under that seed, so the
+augmentation of an image does not depend on the number of loader workers, and a run resumed in
+the middle of an epoch sees exactly the images it would have seen.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+
+from ..data.datasets import DatasetError, LabelledImageDataset
+
+
+_MASK = (1 << 64) - 1
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for image ``index`` in ``epoch`` of a run seeded with ``seed``: the three
+    numbers combined and scrambled with a 64-bit mixing function."""
+    x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xD1B54A32D192ED03 + index * 0x8CB92BA72F3D8DD7) & _MASK
+    for multiplier, shift in ((0xBF58476D1CE4E5B9, 30), (0x94D049BB133111EB, 27)):
+        x = ((x ^ (x >> shift)) * multiplier) & _MASK
+    return (x ^ (x >> 31)) >> 1
+
+
+class TrainSampler(DistributedSampler):
+    """``DistributedSampler`` order (shuffled per epoch; call :meth:`set_epoch`) yielding
+    ``(index, seed)`` pairs, starting at position ``start`` of this process's shard."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.start = 0
+
+    def set_start(self, start: int) -> None:
+        """Skip the first ``start`` draws of the epoch (those a resumed run has already seen)."""
+        self.start = start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        indices = list(super().__iter__())[self.start:]
+        return ((index, sample_seed(self.seed, self.epoch, index)) for index in indices)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+@contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """Seed Python's, NumPy's and torch's CPU random generators, restoring Python's and torch's
+    afterwards. NumPy's global generator stays as the last image left it (saving and restoring it
+    costs more than the augmentation of a small image; the training loop draws nothing from it)."""
+    python_state, torch_state = random.getstate(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        torch.set_rng_state(torch_state)
+
+
+class SeededDataset(Dataset):
+    """Wraps a :class:`~davit.data.datasets.LabelledImageDataset` so that
+    ``dataset[(index, seed)]`` loads item ``index`` under ``seed`` as ``(image, label, errors)``.
+
+    An image that cannot be read is skipped: the next readable one (``index + 1``, ...) takes its
+    place, so batches keep their size, and the skipped images' errors come back in ``errors``.
+    """
+
+    def __init__(self, dataset: LabelledImageDataset, max_skips: int = 100) -> None:
+        self.dataset = dataset
+        self.max_skips = max_skips
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, list[str]]:
+        index, seed = key
+        errors: list[str] = []
+        with seeded_rng(seed):
+            for offset in range(min(self.max_skips, len(self.dataset))):
+                sample = self.dataset[(index + offset) % len(self.dataset)]
+                if sample.image is not None:
+                    return sample.image, sample.label, errors
+                errors.append(sample.error)
+        raise DatasetError(f"{len(errors)} training images in a row could not be read, starting "
+                           f"with {errors[0]}; check the dataset's files")

@@ -1,0 +1,41 @@
+"""``davit benchmark`` runs end to end on a tiny model (the figures themselves are not checked)."""
+import importlib.util
+import json
+
+from davit.cli import main
+
+TINY = '{"embed_dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8]}'
+FAST = ["--model", TINY, "--batch-size", "2", "--input-size", "64", "64", "--repeats", "1",
+        "--warmup", "1", "--device", "cpu"]
+
+
+def test_inference_table_and_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", *FAST, "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| model | images/s (median) |" in table and "| davit |" in table
+    report = json.loads(out.read_text())
+    assert report["config"]["batch_size"] == 2 and report["config"]["mode"] == "inference"
+    assert report["flops_per_step"] == 2 * report["flops_per_image"]
+    assert report["ceiling_gflops"] > 0
+    ours = report["results"]["davit"]
+    assert ours["images_per_second"]["median"] > 0 and len(ours["step_seconds"]) == 1
+    assert ours["peak_memory_bytes"] > 0
+    assert 0 < ours["share_of_ceiling"] < 1
+    if importlib.util.find_spec("timm"):
+        assert "| timm |" in table and report["speedup_vs_timm"] > 0
+
+
+def test_train_step_in_bfloat16(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", *FAST, "--mode", "train", "--dtype", "bf16", "--no-timm",
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert list(report["results"]) == ["davit"]
+    assert report["flops_per_step"] == 3 * 2 * report["flops_per_image"]
+    assert "no reference timing" in capsys.readouterr().out
+
+
+def test_bad_model_is_one_line_error(capsys):
+    assert main(["benchmark", "--model", "davit-enormous", "--repeats", "1"]) == 1
+    assert "davit benchmark: error:" in capsys.readouterr().err
