@@ -6,7 +6,11 @@ seed, upscaled to 32x32 and written as PNGs in one sub-folder per class (``train
 ``test/0/...``). ``tools/train.py configs/davit/davit-digits_1xb64.py`` then trains on the 80% and
 validates on the 20% after every epoch. The last line printed is a JSON object: ``top1`` and
 ``top5`` (percent, the last epoch's, on the held-out 20%), ``seconds`` (wall time of the training
-command, validation included), ``epochs`` and the command.
+command, validation included), ``epochs``, ``threads`` and the command.
+
+The training runs with one intra-op thread (``OMP_NUM_THREADS=1``) unless ``OMP_NUM_THREADS`` is
+set: a model this small gains little from a second thread, and on a machine busy with other work
+two threads that wait for each other at every operation make training several times slower.
 
     python benchmarks/train_digits.py [--work-dir DIR] [--data DIR] [-- --cfg-options ...]
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -74,13 +79,15 @@ def main() -> int:
                    f"val_dataloader.dataset.data_root={data / 'test'}", *args.train_args]
         print(f"{n_train} training and {n_test} held-out images in {data}", file=sys.stderr)
         print(" ".join(command), file=sys.stderr)
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         started = time.perf_counter()
-        subprocess.run(command, check=True)
+        subprocess.run(command, check=True, env=env)
         seconds = time.perf_counter() - started
         result = last_validation(work_dir)
     print(json.dumps({"top1": round(result["accuracy/top1"], 2),
                       "top5": round(result["accuracy/top5"], 2),
                       "seconds": round(seconds, 1), "epochs": result["epoch"],
+                      "threads": int(env["OMP_NUM_THREADS"]),
                       "train_images": n_train, "test_images": n_test,
                       "command": "python benchmarks/train_digits.py"}))
     return 0
