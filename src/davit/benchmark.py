@@ -35,6 +35,7 @@ from .api import _resolve
 from .checkpoint.formats import from_davit
 from .flops import count_flops
 from .model import DaViTArch, DaViTClassifier, resolve_arch
+from .argtypes import non_negative_int, positive_int
 
 DTYPES = ("fp32", "bf16", "pure-bf16")
 MODES = ("inference", "train")
@@ -71,8 +72,8 @@ def build_parser(prog: str = "davit benchmark") -> argparse.ArgumentParser:
     parser.add_argument("--model", default="tiny",
                         help="zoo name, architecture name (tiny ... giant) or a JSON dict with "
                              "embed_dims, depths, num_heads (default: tiny)")
-    parser.add_argument("--batch-size", type=_positive_int, default=16)
-    parser.add_argument("--input-size", nargs=2, type=_positive_int, default=[224, 224],
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--input-size", nargs=2, type=positive_int, default=[224, 224],
                         metavar=("H", "W"))
     parser.add_argument("--dtype", choices=DTYPES, default="fp32",
                         help="fp32; bf16 (fp32 weights, bfloat16 autocast); pure-bf16 (bfloat16 "
@@ -81,9 +82,9 @@ def build_parser(prog: str = "davit benchmark") -> argparse.ArgumentParser:
                         help="inference (forward without autograd) or train (forward, backward "
                              "and an AdamW step)")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
-    parser.add_argument("--threads", type=_positive_int, help="torch.set_num_threads")
-    parser.add_argument("--repeats", type=_positive_int, default=10, help="timed steps per model")
-    parser.add_argument("--warmup", type=_non_negative_int, default=2,
+    parser.add_argument("--threads", type=positive_int, help="torch.set_num_threads")
+    parser.add_argument("--repeats", type=positive_int, default=10, help="timed steps per model")
+    parser.add_argument("--warmup", type=non_negative_int, default=2,
                         help="untimed steps per model first")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if "
                                                        "available, else cpu)")
@@ -312,17 +313,3 @@ def _timm_version() -> str | None:
     except ImportError:
         return None
     return timm.__version__
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
-    return value

@@ -6,10 +6,10 @@ import importlib
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Sequence
 
 import torch
+from .argtypes import positive_int
 
 logger = logging.getLogger("davit")
 
@@ -117,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--model", default="davit-tiny_3rdparty_in1k", help="model name (davit list)")
     p.add_argument("--checkpoint", help="weights: path, URL or hf-hub: name (default: the model's)")
-    p.add_argument("--topk", type=_positive_int, default=5)
-    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--topk", type=positive_int, default=5)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1")
     p.add_argument("--semantics", choices=SEMANTICS, default="official")
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("flops", help="count parameters and multiply-adds")
     p.add_argument("model", help="model or architecture name")
-    p.add_argument("--input-size", nargs=2, type=_positive_int, default=[224, 224], metavar=("H", "W"))
+    p.add_argument("--input-size", nargs=2, type=positive_int, default=[224, 224], metavar=("H", "W"))
     p.add_argument("--semantics", choices=SEMANTICS, default="official",
                    help="official (default) or mmpretrain, whose final LayerNorm acts on every "
                         "token before pooling: then the count equals the seed's table exactly")
@@ -145,8 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="output .onnx file")
     p.add_argument("--checkpoint", help="weights: path, URL or hf-hub: name (default: the model's)")
     p.add_argument("--random-weights", action="store_true", help="export without weights")
-    p.add_argument("--num-classes", type=_positive_int, help="default: the checkpoint's")
-    p.add_argument("--input-size", nargs=2, type=_positive_int, default=[224, 224], metavar=("H", "W"))
+    p.add_argument("--num-classes", type=positive_int, help="default: the checkpoint's")
+    p.add_argument("--input-size", nargs=2, type=positive_int, default=[224, 224], metavar=("H", "W"))
     p.add_argument("--semantics", choices=SEMANTICS, default="official")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
     p.set_defaults(func=_cmd_export)
@@ -155,13 +155,6 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, add_help=False)
         p.add_argument("args", nargs=argparse.REMAINDER)
     return parser
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,6 +34,7 @@ from ..model import SEMANTICS, DaViT, DaViTClassifier
 from ..model.archs import DaViTArch, resolve_arch
 from ..zoo import MODELS
 from . import distributed
+from ..argtypes import non_negative_int, positive_int
 
 logger = logging.getLogger("davit")
 
@@ -77,9 +78,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                              "or the metrics")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available); "
                                           "under torchrun each process takes GPU LOCAL_RANK")
-    parser.add_argument("--batch-size", type=_positive_int,
+    parser.add_argument("--batch-size", type=positive_int,
                         help="images per batch and process (default: test_dataloader.batch_size)")
-    parser.add_argument("--num-workers", type=_non_negative_int,
+    parser.add_argument("--num-workers", type=non_negative_int,
                         help="data loading processes (default: test_dataloader.num_workers)")
     parser.add_argument("--amp", nargs="?", const="fp16", choices=sorted(AMP_DTYPES),
                         help="run the model under autocast in this precision (bare --amp: fp16)")
@@ -91,25 +92,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first image that cannot be read (default: count it "
                              "as failed and go on)")
-    parser.add_argument("--limit", type=_positive_int, help="evaluate only the first N images")
+    parser.add_argument("--limit", type=positive_int, help="evaluate only the first N images")
     parser.add_argument("--launcher", choices=["none", "pytorch"],
                         help="accepted for mmpretrain compatibility; torchrun's environment "
                              "decides, and 'pytorch' requires it")
     return parser
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be zero or a positive integer, got {text}")
-    return value
 
 
 def model_spec(model_cfg: dict, semantics: str | None = None) -> ModelSpec:

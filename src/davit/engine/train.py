@@ -53,6 +53,7 @@ from .evaluate import (AMP_DTYPES, EvaluatorSpec, ModelSpec, accuracy, build_mod
 from .optim import build_optimizer, build_scheduler, optim_settings, scaled_lr
 from .recorder import TrainRecorder
 from .sampling import SeededDataset, TrainSampler
+from ..argtypes import positive_int
 
 logger = logging.getLogger("davit")
 
@@ -90,7 +91,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                         help="mixed precision under autocast (bare --amp: fp16, with a gradient "
                              "scaler; bf16 needs none)")
     parser.add_argument("--compile", action="store_true", help="run the model through torch.compile")
-    parser.add_argument("--accumulate", type=_positive_int, metavar="N",
+    parser.add_argument("--accumulate", type=positive_int, metavar="N",
                         help="gradient accumulation: one optimizer step every N batches "
                              "(optim_wrapper.accumulative_counts)")
     parser.add_argument("--clip-grad", type=float, metavar="MAX_NORM",
@@ -105,20 +106,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                         help="deterministic algorithms only (randomness.deterministic)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available); "
                                           "under torchrun each process takes GPU LOCAL_RANK")
-    parser.add_argument("--checkpoint-iters", type=_positive_int, metavar="N",
+    parser.add_argument("--checkpoint-iters", type=positive_int, metavar="N",
                         help="also save a checkpoint (iter_N.pth, latest.pth) every N optimizer steps")
     parser.add_argument("--no-validate", action="store_true", help="skip validation")
     parser.add_argument("--launcher", choices=["none", "pytorch"],
                         help="accepted for mmpretrain compatibility; torchrun's environment decides")
     parser.add_argument("--local-rank", "--local_rank", type=int, help=argparse.SUPPRESS)
     return parser
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 @dataclass
