@@ -11,6 +11,7 @@ from davit.checkpoint.formats import from_davit, to_davit
 from davit.data import build_test_transform
 from davit.model import DaViTClassifier
 from davit.model.backbone import _images_per_group
+from davit.model import blocks
 from davit.model.blocks import ChannelAttention, ResidualDepthwiseConv
 
 from .conftest import FIXTURES, REPO
@@ -122,10 +123,12 @@ def test_image_groups_do_not_change_results(monkeypatch):
 
 
 def test_images_per_group_follows_the_byte_budget():
-    assert _images_per_group(torch.empty(64, 56, 56, 96)) == 1
-    assert _images_per_group(torch.empty(64, 56, 56, 96, dtype=torch.bfloat16)) == 3
-    assert _images_per_group(torch.empty(3, 7, 7, 768)) == 13
-    assert _images_per_group(torch.empty(1, 500, 500, 96)) == 1
+    with torch.no_grad():
+        assert _images_per_group(torch.empty(64, 56, 56, 96)) == 1
+        assert _images_per_group(torch.empty(64, 56, 56, 96, dtype=torch.bfloat16)) == 3
+        assert _images_per_group(torch.empty(3, 7, 7, 768)) == 13
+        assert _images_per_group(torch.empty(1, 500, 500, 96)) == 1
+    assert _images_per_group(torch.empty(64, 56, 56, 96)) is None  # training: the whole batch
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -151,7 +154,87 @@ def test_channel_attention_is_the_official_formula():
 
 
 @pytest.mark.parametrize("size", [(64, 64), (61, 75)])
-def test_no_graph_breaks(size):
+@pytest.mark.parametrize("grad", [True, False])
+def test_no_graph_breaks(size, grad):
     model = DaViTClassifier(MINI, num_classes=5).eval()
-    explanation = torch._dynamo.explain(model)(torch.randn(2, 3, *size))
+    with torch.set_grad_enabled(grad):
+        explanation = torch._dynamo.explain(model)(torch.randn(2, 3, *size))
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+needs_onednn = pytest.mark.skipif(not blocks._HAS_ONEDNN_LINEAR, reason="PyTorch without oneDNN")
+
+
+def _count_onednn_calls(monkeypatch) -> list[int]:
+    calls = [0]
+    original = blocks._onednn_linear
+
+    def counting(*args, **kwargs):
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(blocks, "_onednn_linear", counting)
+    return calls
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", ["fp32", "autocast", "pure-bf16"])
+def test_onednn_linear_path_equals_the_plain_layers(monkeypatch, dtype):
+    """CPU inference runs the linear layers through oneDNN (fused GELU and residual, packed
+    weights); with autograd on, the plain nn.Linear calls run; both give the same logits."""
+    torch.manual_seed(0)
+    model = DaViTClassifier(MINI, num_classes=5).eval()
+    x = torch.randn(3, 3, 61, 75)
+    if dtype == "pure-bf16":
+        model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
+    calls = _count_onednn_calls(monkeypatch)
+    with torch.autocast("cpu", torch.bfloat16, enabled=dtype == "autocast"):
+        plain = model(x).float()
+        assert calls[0] == 0
+        with torch.inference_mode():
+            fast = model(x).float()
+    assert calls[0] > 0
+    tolerance = 1e-5 if dtype == "fp32" else 2e-2
+    assert (fast - plain).abs().max() <= tolerance * plain.abs().max()
+
+
+@needs_onednn
+def test_onednn_path_steps_aside_for_hooks(monkeypatch):
+    """A forward hook on a linear layer sees its calls: that layer then runs as nn.Linear."""
+    torch.manual_seed(0)
+    model = DaViTClassifier(MINI, num_classes=5).eval()
+    layer = model.backbone.stages[0].blocks[0].spatial.mlp.fc1
+    seen = []
+    layer.register_forward_hook(lambda module, inputs, output: seen.append(output.shape))
+    calls = _count_onednn_calls(monkeypatch)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        hooked = model(x)
+    assert seen == [torch.Size([2, 16, 16, 32])]
+    assert calls[0] > 0  # the other layers still take the fast path
+    with torch.enable_grad():
+        torch.testing.assert_close(hooked, model(x).detach(), rtol=0, atol=1e-5)
+
+
+@needs_onednn
+def test_packed_weights_follow_weight_updates():
+    """The packed copy of a weight is refreshed after in-place updates (an optimizer or EMA
+    step), after loading a state dict and after a dtype change."""
+    torch.manual_seed(0)
+    model = DaViTClassifier(MINI, num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        model(x)
+        torch._foreach_mul_(list(model.parameters()), 1.5)
+        scaled = model(x)
+    with torch.enable_grad():
+        torch.testing.assert_close(scaled, model(x).detach(), rtol=0, atol=1e-5)
+    with torch.no_grad():
+        model.load_state_dict(DaViTClassifier(MINI, num_classes=5).state_dict())
+        loaded = model(x)
+    assert not torch.allclose(scaled, loaded)
+    with torch.enable_grad():
+        torch.testing.assert_close(loaded, model(x).detach(), rtol=0, atol=1e-5)
+    model.to(torch.float64).to(torch.float32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), loaded, rtol=0, atol=1e-5)

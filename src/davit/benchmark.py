@@ -3,8 +3,9 @@
 Both models get the same weights (ours converted to timm's keys) and the same inputs, and run
 alternately after warm-up, so that drift of the machine (frequency, other processes) affects both
 alike. Reported per model: images/s (median, min, max over the repeats), peak memory of one step,
-the achieved GFLOP/s and its share of a large matrix product's GFLOP/s measured in the same run
-and dtype (the "matmul ceiling").
+the achieved GFLOP/s (at the median step) and its share of the "matmul ceiling": the GFLOP/s of
+the fastest of the 2048 x 2048 matrix products in the step's dtype that are timed in turn with the
+models.
 
 Model FLOPs are 2 x the multiply-adds counted by :func:`davit.flops.count_flops` (feature
 extractor and head) per image, and 3 x that for a training step (forward, and a backward pass that
@@ -32,10 +33,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .api import _resolve
+from .argtypes import non_negative_int, positive_int
 from .checkpoint.formats import from_davit
 from .flops import count_flops
 from .model import DaViTArch, DaViTClassifier, resolve_arch
-from .argtypes import non_negative_int, positive_int
 
 DTYPES = ("fp32", "bf16", "pure-bf16")
 MODES = ("inference", "train")
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace) -> dict:
 
     weight_dtype = torch.bfloat16 if args.dtype == "pure-bf16" else torch.float32
     generator = torch.Generator().manual_seed(1)
-    images = torch.randn(args.batch_size, arch_in_chans(ours), height, width, generator=generator)
+    images = torch.randn(args.batch_size, 3, height, width, generator=generator)
     labels = torch.randint(0, max(num_classes, 1), (args.batch_size,), generator=generator)
     images, labels = images.to(device, weight_dtype), labels.to(device)
     steps = {name: make_step(model.to(device, weight_dtype), images, labels, args.mode,
@@ -163,10 +164,6 @@ def run(args: argparse.Namespace) -> dict:
         report["speedup_vs_timm"] = ours_ips["median"] / timm_ips["median"]
         report["speedup_vs_timm_best"] = ours_ips["max"] / timm_ips["max"]
     return report
-
-
-def arch_in_chans(model: DaViTClassifier) -> int:
-    return model.backbone.stem.conv.in_channels
 
 
 def timm_reference(arch: DaViTArch, num_classes: int,

@@ -1,6 +1,7 @@
 """The DaViT backbone: stem, then four stages of dual-attention blocks."""
 from __future__ import annotations
 
+import math
 from typing import Iterable, Sequence
 
 import torch
@@ -35,9 +36,10 @@ class DaViTStage(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.downsample(x)
-        groups = x.split(_images_per_group(x))
-        outputs = [self._blocks(group) for group in groups]
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        group_size = _images_per_group(x)
+        if group_size is None or group_size >= x.shape[0]:
+            return self._blocks(x)
+        return torch.cat([self._blocks(group) for group in x.split(group_size)])
 
     def _blocks(self, x: Tensor) -> Tensor:
         for block in self.blocks:
@@ -51,16 +53,20 @@ class DaViTStage(nn.Module):
 CPU_GROUP_BYTES = 2 << 20
 
 
-def _images_per_group(x: Tensor) -> int:
-    """How many images of a (B, H, W, C) batch a stage runs at once.
+def _images_per_group(x: Tensor) -> int | None:
+    """How many images of a (B, H, W, C) batch a stage runs at once; None for the whole batch.
 
-    On CPU, groups of about :data:`CPU_GROUP_BYTES` of activations keep every intermediate tensor
-    in cache and small enough for the allocator to reuse freed memory instead of mapping fresh
-    pages; images are independent, so the result does not depend on the grouping.
+    For CPU inference, groups of about :data:`CPU_GROUP_BYTES` of activations keep every
+    intermediate tensor in cache and small enough for the allocator to reuse freed memory instead
+    of mapping fresh pages; images are independent, so the result does not depend on the grouping.
+    Training (which keeps every activation for the backward pass anyway), other devices and
+    compiled or exported graphs (which plan their own buffers) take the whole batch.
     """
-    if x.device.type != "cpu":
-        return max(x.shape[0], 1)
-    return max(CPU_GROUP_BYTES // (x[:1].numel() * x.element_size()), 1)
+    if (x.device.type != "cpu" or torch.is_grad_enabled() or torch.compiler.is_compiling()
+            or torch.compiler.is_exporting()):
+        return None
+    image_bytes = max(math.prod(x.shape[1:]) * x.element_size(), 1)
+    return max(CPU_GROUP_BYTES // image_bytes, 1)
 
 
 class DaViT(nn.Module):

@@ -4,16 +4,18 @@ Activations travel through a stage as (B, H, W, C) tensors: LayerNorm, Linear an
 partitioning act on the last dimension directly, and the depthwise position-encoding convolutions
 see a channels-last NCHW view of the same memory, so no block copies data to change layout.
 
-The forward passes compute the official model with fewer memory passes (docs/performance.md):
-the position encodings fold their residual into the convolution, channel attention runs
-channels-first so that every product is one batched matrix product without copies, and residual
-additions write into the branch output or merge windows back into the image in the same pass.
+The forward passes compute the official model with fewer passes over memory (see
+docs/performance.md): in float32 the position encodings fold their residual into the convolution,
+window attention outputs go back to image order inside the residual addition, and in CPU
+inference the linear layers run as oneDNN kernels with packed weights that apply the GELU and
+the residual additions before writing their output.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.weak import WeakIdKeyDictionary
 from torchvision.ops import stochastic_depth
 
 
@@ -24,8 +26,13 @@ class DropPath(nn.Module):
         super().__init__()
         self.p = p
 
+    @property
+    def active(self) -> bool:
+        """Whether this drops anything (training with p > 0); otherwise it is the identity."""
+        return self.p > 0.0 and self.training
+
     def forward(self, x: Tensor) -> Tensor:
-        if self.p == 0.0 or not self.training:
+        if not self.active:
             return x
         return stochastic_depth(x, self.p, "row", self.training)
 
@@ -72,8 +79,79 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_dim, dim)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """``fc2(gelu(fc1(x)))``, plus ``residual`` when given."""
+        if _use_onednn(x, self.fc1, self.fc2):
+            return _onednn_linear(_onednn_linear(x, self.fc1, "gelu"), self.fc2, residual=residual)
+        out = self.fc2(self.act(self.fc1(x)))
+        return out if residual is None else residual + out
+
+
+def linear(layer: nn.Linear, x: Tensor, residual: Tensor | None = None) -> Tensor:
+    """``layer(x)`` (plus ``residual``), through oneDNN where :func:`_use_onednn` allows."""
+    if _use_onednn(x, layer):
+        return _onednn_linear(x, layer, residual=residual)
+    out = layer(x)
+    return out if residual is None else residual + out
+
+
+def _use_onednn(x: Tensor, *layers: nn.Linear) -> bool:
+    """Whether ``layers`` may run as oneDNN's linear kernels, fused with the GELU and residual.
+
+    For CPU inference in eager mode (no autograd, not traced by torch.compile or export), in
+    float32 or bfloat16 (autocast included), on layers without hooks: anything that observes the
+    model sees the same module calls as in the plain code. oneDNN's kernels are faster than the
+    BLAS products for the short matrices of DaViT's later stages and small batches, and apply GELU
+    and the residual addition while the product is still in cache (docs/performance.md).
+    """
+    if (x.device.type != "cpu" or torch.is_grad_enabled() or not _HAS_ONEDNN_LINEAR
+            or torch.compiler.is_compiling() or nn.modules.module._global_forward_hooks
+            or nn.modules.module._global_forward_pre_hooks):
+        return False
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    return dtype in (torch.float32, torch.bfloat16) and all(
+        layer.weight.dtype in (torch.float32, torch.bfloat16)
+        and not (layer._forward_hooks or layer._forward_pre_hooks) for layer in layers)
+
+
+_HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
+                                                                       "_linear_pointwise")
+
+
+def _onednn_linear(x: Tensor, layer: nn.Linear, activation: str = "none",
+                   residual: Tensor | None = None) -> Tensor:
+    """``activation(layer(x))`` (plus ``residual``) as one oneDNN kernel, in autocast's dtype."""
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    weight = _packed_weight(layer.weight, dtype)
+    bias = None if layer.bias is None else layer.bias.to(dtype)
+    x = x.to(dtype)
+    if residual is not None and residual.dtype == dtype and activation == "none":
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, "add")
+    out = torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "none")
+    return out if residual is None else residual + out
+
+
+_PACKED_WEIGHTS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _packed_weight(weight: Tensor, dtype: torch.dtype) -> Tensor:
+    """``weight`` in ``dtype``, reordered once into oneDNN's blocked layout and cached.
+
+    The cache holds one packed copy per weight tensor (as much memory again as the linear
+    weights) and is dropped with the weight. It is refreshed when the weight's version counter or
+    storage changes, which every in-place update through PyTorch does (optimizer and EMA steps,
+    ``load_state_dict``, ``.to()``); writes through ``weight.data`` bypass the version counter and
+    are not seen (PyTorch discourages them). Inference tensors have no version counter and are
+    not cached.
+    """
+    if weight.is_inference():
+        return weight.to(dtype)
+    key = (weight._version, weight.data_ptr(), dtype)
+    entry = _PACKED_WEIGHTS.get(weight)
+    if entry is None or entry[0] != key:
+        entry = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype), None))
+        _PACKED_WEIGHTS[weight] = entry
+    return entry[1]
 
 
 class WindowAttention(nn.Module):
@@ -87,11 +165,11 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         windows, tokens, dim = x.shape
-        qkv = self.qkv(x).view(windows, tokens, 3, self.num_heads, dim // self.num_heads)
+        qkv = linear(self.qkv, x).view(windows, tokens, 3, self.num_heads, dim // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         # The CPU and CUDA kernels return (windows, tokens, heads, head_dim) memory: no copy here.
         x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(windows, tokens, dim))
+        return linear(self.proj, x.transpose(1, 2).reshape(windows, tokens, dim))
 
 
 class ChannelAttention(nn.Module):
@@ -104,20 +182,16 @@ class ChannelAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """Attention over ``x`` (B, N, C), plus ``residual`` when given."""
         batch, tokens, dim = x.shape
-        qkv = self.qkv(x).view(batch, tokens, 3, self.num_heads, dim // self.num_heads)
+        qkv = linear(self.qkv, x).view(batch, tokens, 3, self.num_heads, dim // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
+        # Not scaled_dot_product_attention: with the N tokens as its head dimension, the inputs
+        # are strided along it and the CPU kernel falls back to its slow unfused path.
         attn = (torch.matmul(k.transpose(-1, -2), v) * self.scale).softmax(dim=-1)
         x = torch.matmul(q, attn.transpose(-1, -2))
-        return self.proj(x.transpose(1, 2).reshape(batch, tokens, dim))
-
-
-def _add_residual(x: Tensor, branch: Tensor) -> Tensor:
-    """``x + branch``, written into ``branch`` when it is a fresh tensor of the same layout."""
-    if branch.dtype == x.dtype and branch.stride() == x.stride():
-        return branch.add_(x)
-    return x + branch
+        return linear(self.proj, x.transpose(1, 2).reshape(batch, tokens, dim), residual)
 
 
 class SpatialBlock(nn.Module):
@@ -138,7 +212,9 @@ class SpatialBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self._window_attention(self.cpe1(x))
         x = self.cpe2(x)
-        return _add_residual(x, self.drop_path(self.mlp(self.norm2(x))))
+        if self.drop_path.active:
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        return self.mlp(self.norm2(x), residual=x)
 
     def _window_attention(self, x: Tensor) -> Tensor:
         """``x + attn(norm1(x))`` over non-overlapping windows, padding right/bottom if needed."""
@@ -176,10 +252,16 @@ class ChannelBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.cpe1(x)
         batch, height, width, dim = x.shape
-        attended = self.attn(self.norm1(x).view(batch, height * width, dim))
-        x = x + self.drop_path(attended.view(batch, height, width, dim))
+        tokens = self.norm1(x).view(batch, height * width, dim)
+        if self.drop_path.active:
+            x = x + self.drop_path(self.attn(tokens).view(batch, height, width, dim))
+        else:
+            x = self.attn(tokens, residual=x.reshape(batch, height * width, dim))
+            x = x.view(batch, height, width, dim)
         x = self.cpe2(x)
-        return _add_residual(x, self.drop_path(self.mlp(self.norm2(x))))
+        if self.drop_path.active:
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        return self.mlp(self.norm2(x), residual=x)
 
 
 class DualAttentionBlock(nn.Module):
@@ -222,9 +304,7 @@ class Stem(nn.Module):
             pad = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
         if any(pad):
             x = F.pad(x, pad)
-        # A channels-last input makes the convolution write (B, H, W, C) memory directly.
-        x = self.conv(x.contiguous(memory_format=torch.channels_last))
-        return self.norm(x.permute(0, 2, 3, 1))
+        return self.norm(self.conv(x).permute(0, 2, 3, 1))
 
 
 class Downsample(nn.Module):
