@@ -238,3 +238,52 @@ def test_packed_weights_follow_weight_updates():
     model.to(torch.float64).to(torch.float32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), loaded, rtol=0, atol=1e-5)
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes autograd keeps for the backward pass of ``fn()``."""
+    total = [0]
+
+    def pack(tensor):
+        total[0] += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return total[0]
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_mlp_training_path_matches_plain_layers_and_keeps_less(autocast):
+    """In training, the MLP recomputes GELU in the backward pass instead of keeping its output:
+    the same outputs and gradients as nn.Linear -> GELU -> nn.Linear, with less kept memory."""
+    torch.manual_seed(0)
+    mlp = blocks.Mlp(16, 64)
+    x = torch.randn(2, 5, 7, 16, requires_grad=True)
+    grad_out = torch.randn(2, 5, 7, 16)
+    results = []
+    for fused in (True, False):
+        mlp.zero_grad()
+        x.grad = None
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            out = mlp(x) if fused else mlp.fc2(mlp.act(mlp.fc1(x)))
+        out.backward(grad_out.to(out.dtype))
+        results.append([out.float(), x.grad] + [p.grad for p in mlp.parameters()])
+    tolerance = 1e-5 if not autocast else 2e-2
+    for fused_value, plain_value in zip(*results):
+        assert (fused_value - plain_value).abs().max() <= tolerance * plain_value.abs().max()
+    with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        fused_bytes = _saved_bytes(lambda: mlp(x))
+        plain_bytes = _saved_bytes(lambda: mlp.fc2(mlp.act(mlp.fc1(x))))
+    hidden_bytes = 2 * 5 * 7 * 64 * (2 if autocast else 4)
+    assert fused_bytes <= plain_bytes - hidden_bytes
+
+
+def test_mlp_training_path_skips_frozen_weights():
+    torch.manual_seed(0)
+    mlp = blocks.Mlp(16, 64).requires_grad_(False)
+    x = torch.randn(3, 16, requires_grad=True)
+    mlp(x).sum().backward()
+    expected = torch.autograd.grad(mlp.fc2(mlp.act(mlp.fc1(x))).sum(), x)[0]
+    torch.testing.assert_close(x.grad, expected, rtol=0, atol=1e-6)
+    assert all(p.grad is None for p in mlp.parameters())

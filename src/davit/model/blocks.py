@@ -83,8 +83,49 @@ class Mlp(nn.Module):
         """``fc2(gelu(fc1(x)))``, plus ``residual`` when given."""
         if _use_onednn(x, self.fc1, self.fc2):
             return _onednn_linear(_onednn_linear(x, self.fc1, "gelu"), self.fc2, residual=residual)
-        out = self.fc2(self.act(self.fc1(x)))
+        if torch.is_grad_enabled() and not _has_hooks(self.fc1, self.fc2):
+            out = _MlpWithGeluRecompute.apply(x, self.fc1.weight, self.fc1.bias,
+                                              self.fc2.weight, self.fc2.bias)
+        else:
+            out = self.fc2(self.act(self.fc1(x)))
         return out if residual is None else residual + out
+
+
+class _MlpWithGeluRecompute(torch.autograd.Function):
+    """``fc2(gelu(fc1(x)))`` that keeps only ``x`` and ``fc1(x)`` for the backward pass.
+
+    Autograd would also keep ``gelu(fc1(x))``, the input of ``fc2``: as large as ``fc1(x)``, and
+    the largest activation of the block. The backward pass recomputes it from ``fc1(x)`` instead
+    (one elementwise pass). Under autocast the products run in autocast's dtype, as they would in
+    nn.Linear, and the saved tensors are the cast ones.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight1: Tensor, bias1: Tensor, weight2: Tensor,
+                bias2: Tensor) -> Tensor:
+        device_type = x.device.type
+        dtype = (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
+                 else x.dtype)
+        x, weight1, bias1, weight2, bias2 = (t.to(dtype) for t in (x, weight1, bias1, weight2, bias2))
+        with torch.autocast(device_type, enabled=False):
+            hidden = F.linear(x, weight1, bias1)
+            out = F.linear(F.gelu(hidden), weight2, bias2)
+        ctx.save_for_backward(x, weight1, hidden, weight2)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, ...]:
+        x, weight1, hidden, weight2 = ctx.saved_tensors
+        grad_out = grad_out.to(hidden.dtype).reshape(-1, grad_out.shape[-1])
+        hidden_2d = hidden.reshape(-1, hidden.shape[-1])
+        needs_x, needs_w1, needs_b1, needs_w2, needs_b2 = ctx.needs_input_grad
+        grad_weight2 = grad_out.t().mm(F.gelu(hidden_2d)) if needs_w2 else None
+        grad_hidden = torch.ops.aten.gelu_backward(grad_out.mm(weight2), hidden_2d)
+        grad_weight1 = grad_hidden.t().mm(x.reshape(-1, x.shape[-1])) if needs_w1 else None
+        grad_x = grad_hidden.mm(weight1).view(x.shape) if needs_x else None
+        return (grad_x, grad_weight1, grad_hidden.sum(0) if needs_b1 else None, grad_weight2,
+                grad_out.sum(0) if needs_b2 else None)
 
 
 def linear(layer: nn.Linear, x: Tensor, residual: Tensor | None = None) -> Tensor:
@@ -105,13 +146,18 @@ def _use_onednn(x: Tensor, *layers: nn.Linear) -> bool:
     and the residual addition while the product is still in cache (docs/performance.md).
     """
     if (x.device.type != "cpu" or torch.is_grad_enabled() or not _HAS_ONEDNN_LINEAR
-            or torch.compiler.is_compiling() or nn.modules.module._global_forward_hooks
-            or nn.modules.module._global_forward_pre_hooks):
+            or torch.compiler.is_compiling() or _has_hooks(*layers)):
         return False
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
     return dtype in (torch.float32, torch.bfloat16) and all(
-        layer.weight.dtype in (torch.float32, torch.bfloat16)
-        and not (layer._forward_hooks or layer._forward_pre_hooks) for layer in layers)
+        layer.weight.dtype in (torch.float32, torch.bfloat16) for layer in layers)
+
+
+def _has_hooks(*layers: nn.Module) -> bool:
+    """Whether forward hooks (global or on ``layers``) must see these layers being called."""
+    return bool(nn.modules.module._global_forward_hooks
+                or nn.modules.module._global_forward_pre_hooks
+                or any(layer._forward_hooks or layer._forward_pre_hooks for layer in layers))
 
 
 _HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
