@@ -168,8 +168,7 @@ def _onednn_linear(x: Tensor, layer: nn.Linear, activation: str = "none",
                    residual: Tensor | None = None) -> Tensor:
     """``activation(layer(x))`` (plus ``residual``) as one oneDNN kernel, in autocast's dtype."""
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-    weight = _packed_weight(layer.weight, dtype)
-    bias = None if layer.bias is None else layer.bias.to(dtype)
+    weight, bias = _packed_parameters(layer, dtype)
     x = x.to(dtype)
     if residual is not None and residual.dtype == dtype and activation == "none":
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, "add")
@@ -177,27 +176,31 @@ def _onednn_linear(x: Tensor, layer: nn.Linear, activation: str = "none",
     return out if residual is None else residual + out
 
 
-_PACKED_WEIGHTS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+_PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
-def _packed_weight(weight: Tensor, dtype: torch.dtype) -> Tensor:
-    """``weight`` in ``dtype``, reordered once into oneDNN's blocked layout and cached.
+def _packed_parameters(layer: nn.Linear, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    """The layer's weight in ``dtype`` reordered into oneDNN's blocked layout, and its bias in
+    ``dtype``; made once and cached.
 
     The cache holds one packed copy per weight tensor (as much memory again as the linear
-    weights) and is dropped with the weight. It is refreshed when the weight's version counter or
-    storage changes, which every in-place update through PyTorch does (optimizer and EMA steps,
-    ``load_state_dict``, ``.to()``); writes through ``weight.data`` bypass the version counter and
-    are not seen (PyTorch discourages them). Inference tensors have no version counter and are
-    not cached.
+    weights) and is dropped with the weight. It is refreshed when the weight's or bias's version
+    counter or storage changes, which every in-place update through PyTorch does (optimizer and
+    EMA steps, ``load_state_dict``, ``.to()``); writes through ``.data`` bypass the version counter
+    and are not seen (PyTorch discourages them). Inference tensors have no version counter and
+    are not cached.
     """
-    if weight.is_inference():
-        return weight.to(dtype)
-    key = (weight._version, weight.data_ptr(), dtype)
-    entry = _PACKED_WEIGHTS.get(weight)
+    weight, bias = layer.weight, layer.bias
+    if weight.is_inference() or (bias is not None and bias.is_inference()):
+        return weight.to(dtype), None if bias is None else bias.to(dtype)
+    key = (dtype, weight._version, weight.data_ptr(),
+           None if bias is None else (bias._version, bias.data_ptr()))
+    entry = _PACKED.get(weight)
     if entry is None or entry[0] != key:
-        entry = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype), None))
-        _PACKED_WEIGHTS[weight] = entry
-    return entry[1]
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype), None)
+        entry = (key, packed, None if bias is None else bias.detach().to(dtype))
+        _PACKED[weight] = entry
+    return entry[1], entry[2]
 
 
 class WindowAttention(nn.Module):
