@@ -1,4 +1,5 @@
 """``davit benchmark`` runs end to end on a tiny model (the figures themselves are not checked)."""
+import os
 import importlib.util
 import json
 
@@ -39,3 +40,30 @@ def test_train_step_in_bfloat16(tmp_path, capsys):
 def test_bad_model_is_one_line_error(capsys):
     assert main(["benchmark", "--model", "davit-enormous", "--repeats", "1"]) == 1
     assert "davit benchmark: error:" in capsys.readouterr().err
+
+
+def test_profiler_chatter_is_held_back_and_other_stderr_passes(capfd):
+    from davit.benchmark import _without_profiler_chatter
+
+    with _without_profiler_chatter():
+        os.write(2, b"USDT:2026-11-25 12:06:50 28137:28137 SyncActivityProfilerHandler.cpp:39] "
+                    b"profiler_start\n")
+        os.write(2, b"ERROR:2026-11-25 12:06:51 28137:28137 DeviceProperties.cpp:56] "
+                    b"gpuGetDeviceCount failed with code 35\n")
+        os.write(2, b"a real warning\n")
+    assert capfd.readouterr().err == "a real warning\n"
+
+
+def test_table_script_runs_rows_and_prints_the_markdown_table(tmp_path, capsys):
+    from .conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_table", REPO / "benchmarks" / "table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    assert table.main(["--rows", "fp32-b1", "train-fp32", "--model", TINY, "--out",
+                       str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| case | davit images/s")
+    assert [line.split(" | ")[0] for line in lines[2:]] == [
+        "| fp32 inference, batch 1", "| training step fp32, batch 16"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32-b1.json", "train-fp32.json"]

@@ -21,12 +21,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import re
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -234,7 +237,8 @@ def peak_memory(step: Callable[[], None], device: torch.device) -> int:
         return torch.cuda.max_memory_allocated(device) - before
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _without_profiler_chatter(), profile(activities=[ProfilerActivity.CPU],
+                                              profile_memory=True) as prof:
         step()
     cpu = torch._C._autograd.DeviceType.CPU
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
@@ -244,6 +248,30 @@ def peak_memory(step: Callable[[], None], device: torch.device) -> int:
         total += nbytes
         peak = max(peak, total)
     return peak
+
+
+_PROFILER_CHATTER = re.compile(
+    r"^(USDT|STAGE|ERROR):\d{4}-\d\d-\d\d [\d:.]+ \d+:\d+ \w+\.cpp:\d+\] "
+    r"(profiler_start|profiler_stop|Completed Stage|gpuGetDeviceCount failed)")
+
+
+@contextlib.contextmanager
+def _without_profiler_chatter() -> Iterator[None]:
+    """Hold back the start/stop lines that PyTorch's profiler library writes to stderr (file
+    descriptor 2); every other line written meanwhile is passed on."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines(keepends=True):
+                if not _PROFILER_CHATTER.match(line):
+                    sys.stderr.write(line)
 
 
 def matmul_step(device: torch.device, dtype: torch.dtype,
