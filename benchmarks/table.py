@@ -1,15 +1,19 @@
 """Run the standard rows of `davit benchmark` and print the table of docs/performance.md.
 
-    python benchmarks/table.py                     # every row (about 15 minutes on 2 cores)
+    python benchmarks/table.py                     # every row (about 5 minutes on 2 cores)
+    python benchmarks/table.py --runs 3            # every row three times, medians and ranges
     python benchmarks/table.py --rows fp32-b16 bf16-b16 --out results/
 
 Each row runs in a fresh process (`python -m davit benchmark ... --json`), so that one row's
-allocations and compiled graphs do not affect the next. The JSON files are kept in --out.
+allocations and compiled graphs do not affect the next; with --runs N all rows run once, then
+again, N times. Images/s are medians over the runs of each run's median, the ratio is given as
+the median over the runs with its range. The JSON files are kept in --out.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,12 +45,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--threads", default="2")
+    parser.add_argument("--runs", type=int, default=1, help="run every row this many times")
     parser.add_argument("--out", type=Path, help="keep each row's JSON here (default: a temp dir)")
     return parser.parse_args(argv)
 
 
-def run_row(key: str, args: argparse.Namespace, out: Path) -> dict:
-    json_path = out / f"{key}.json"
+def run_row(key: str, args: argparse.Namespace, json_path: Path) -> dict:
     command = [sys.executable, "-m", "davit", "benchmark", "--model", args.model,
                "--threads", args.threads, *ROWS[key][1], "--json", str(json_path)]
     print("$", " ".join(command[1:]), file=sys.stderr, flush=True)
@@ -54,34 +58,50 @@ def run_row(key: str, args: argparse.Namespace, out: Path) -> dict:
     return json.loads(json_path.read_text())
 
 
-def table_row(label: str, report: dict) -> str:
-    ours, timm = report["results"]["davit"], report["results"].get("timm")
+def table_row(label: str, reports: list[dict]) -> str:
+    """One markdown row from the reports of one case over the runs."""
+    def median_of(name: str, field: str) -> float:
+        return statistics.median(r["results"][name][field] for r in reports)
 
-    def speed(result: dict) -> str:
-        ips = result["images_per_second"]
-        return f"{ips['median']:.2f} ({ips['min']:.2f}-{ips['max']:.2f})"
+    def speed(name: str) -> str:
+        return f"{statistics.median(r['results'][name]['images_per_second']['median'] for r in reports):.2f}"
 
-    def memory(result: dict) -> str:
-        return f"{result['peak_memory_bytes'] / 2**20:.0f}"
+    def memory(name: str) -> str:
+        return f"{median_of(name, 'peak_memory_bytes') / 2**20:.0f}"
 
-    if timm is None:
-        return f"| {label} | {speed(ours)} | - | - | {memory(ours)} | - | {ours['share_of_ceiling']:.0%} |"
-    return (f"| {label} | {speed(ours)} | {speed(timm)} | **{report['speedup_vs_timm']:.2f}x** | "
-            f"{memory(ours)} | {memory(timm)} | {ours['share_of_ceiling']:.0%} / "
-            f"{timm['share_of_ceiling']:.0%} |")
+    if "timm" not in reports[0]["results"]:
+        return (f"| {label} | {speed('davit')} | - | - | {memory('davit')} | "
+                f"{median_of('davit', 'share_of_ceiling'):.0%} |")
+    ratios = [r["speedup_vs_timm"] for r in reports]
+    ratio = f"**{statistics.median(ratios):.2f}x**"
+    if len(ratios) > 1:
+        ratio += f" ({min(ratios):.2f}-{max(ratios):.2f})"
+    return (f"| {label} | {speed('davit')} | {speed('timm')} | {ratio} | {memory('davit')} / "
+            f"{memory('timm')} | {median_of('davit', 'share_of_ceiling'):.0%} / "
+            f"{median_of('timm', 'share_of_ceiling'):.0%} |")
+
+
+def print_table(reports: dict[str, list[dict]]) -> None:
+    runs = len(next(iter(reports.values())))
+    ratio = "davit / timm" + (f" (range over {runs} runs)" if runs > 1 else "")
+    print(f"| case | davit images/s | timm images/s | {ratio} | peak MiB (davit / timm) | "
+          "share of matmul ceiling (davit / timm) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for key, row_reports in reports.items():
+        print(table_row(ROWS[key][0], row_reports))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    reports: dict[str, list[dict]] = {key: [] for key in args.rows}
     with tempfile.TemporaryDirectory() as scratch:
         out = args.out or Path(scratch)
         out.mkdir(parents=True, exist_ok=True)
-        reports = {key: run_row(key, args, out) for key in args.rows}
-    print("| case | davit images/s (min-max) | timm images/s (min-max) | davit / timm | "
-          "davit peak MiB | timm peak MiB | share of matmul ceiling (davit / timm) |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for key, report in reports.items():
-        print(table_row(ROWS[key][0], report))
+        for run in range(args.runs):
+            suffix = f"-run{run + 1}" if args.runs > 1 else ""
+            for key in args.rows:
+                reports[key].append(run_row(key, args, out / f"{key}{suffix}.json"))
+    print_table(reports)
     return 0
 
 
