@@ -3,6 +3,7 @@
     python benchmarks/table.py                     # every row (about 5 minutes on 2 cores)
     python benchmarks/table.py --runs 3            # every row three times, medians and ranges
     python benchmarks/table.py --rows fp32-b16 bf16-b16 --out results/
+    python benchmarks/table.py --from benchmarks/results/2026-11-25-cpu   # reprint saved runs
 
 Each row runs in a fresh process (`python -m davit benchmark ... --json`), so that one row's
 allocations and compiled graphs do not affect the next; with --runs N all rows run once, then
@@ -47,6 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", default="2")
     parser.add_argument("--runs", type=int, default=1, help="run every row this many times")
     parser.add_argument("--out", type=Path, help="keep each row's JSON here (default: a temp dir)")
+    parser.add_argument("--from", dest="saved", type=Path, metavar="DIR",
+                        help="print the table of the JSON files in DIR instead of running")
     return parser.parse_args(argv)
 
 
@@ -91,8 +94,23 @@ def print_table(reports: dict[str, list[dict]]) -> None:
         print(table_row(ROWS[key][0], row_reports))
 
 
+def load_saved(folder: Path, rows: list[str]) -> dict[str, list[dict]]:
+    """The reports of ``<row>.json`` or ``<row>-run<N>.json`` files in ``folder``."""
+    reports = {}
+    for key in rows:
+        paths = sorted(folder.glob(f"{key}-run*.json")) or sorted(folder.glob(f"{key}.json"))
+        if paths:
+            reports[key] = [json.loads(path.read_text()) for path in paths]
+    if not reports:
+        raise SystemExit(f"no benchmark JSON files for rows {rows} in {folder}")
+    return reports
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.saved is not None:
+        print_table(load_saved(args.saved, args.rows))
+        return 0
     reports: dict[str, list[dict]] = {key: [] for key in args.rows}
     with tempfile.TemporaryDirectory() as scratch:
         out = args.out or Path(scratch)

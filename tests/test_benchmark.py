@@ -69,3 +69,20 @@ def test_table_script_runs_rows_and_prints_the_markdown_table(tmp_path, capsys):
     assert all("x** (" in line for line in lines[2:])  # the ratio's range over the two runs
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "fp32-b1-run1.json", "fp32-b1-run2.json", "train-fp32-run1.json", "train-fp32-run2.json"]
+
+
+def test_saved_results_reprint_the_tables_of_the_readme_and_docs(capsys):
+    """The README and docs/performance.md quote the table that the saved JSON files give."""
+    from .conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_table", REPO / "benchmarks" / "table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    assert table.main(["--from", str(REPO / "benchmarks" / "results" / "2026-11-25-cpu")]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert len(rows) == len(table.ROWS)
+    readme = (REPO / "README.md").read_text()
+    docs = (REPO / "docs" / "performance.md").read_text()
+    for row in rows:
+        assert row in docs
+        assert row.rsplit(" | ", 1)[0] + " |" in readme
