@@ -287,3 +287,14 @@ def test_mlp_training_path_skips_frozen_weights():
     expected = torch.autograd.grad(mlp.fc2(mlp.act(mlp.fc1(x))).sum(), x)[0]
     torch.testing.assert_close(x.grad, expected, rtol=0, atol=1e-6)
     assert all(p.grad is None for p in mlp.parameters())
+
+
+@needs_onednn
+def test_onednn_path_can_be_turned_off(monkeypatch):
+    calls = _count_onednn_calls(monkeypatch)
+    model = DaViTClassifier(MINI, num_classes=5).eval()
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    assert calls[0] == 0
+    assert blocks._probe_onednn_linear()

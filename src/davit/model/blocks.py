@@ -141,12 +141,14 @@ def _use_onednn(x: Tensor, *layers: nn.Linear) -> bool:
 
     For CPU inference in eager mode (no autograd, not traced by torch.compile or export), in
     float32 or bfloat16 (autocast included), on layers without hooks: anything that observes the
-    model sees the same module calls as in the plain code. oneDNN's kernels are faster than the
+    model sees the same module calls as in the plain code. ``torch.backends.mkldnn.enabled =
+    False`` turns the path off. oneDNN's kernels are faster than the
     BLAS products for the short matrices of DaViT's later stages and small batches, and apply GELU
     and the residual addition while the product is still in cache (docs/performance.md).
     """
     if (x.device.type != "cpu" or torch.is_grad_enabled() or not _HAS_ONEDNN_LINEAR
-            or torch.compiler.is_compiling() or _has_hooks(*layers)):
+            or not torch.backends.mkldnn.enabled or torch.compiler.is_compiling()
+            or _has_hooks(*layers)):
         return False
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
     return dtype in (torch.float32, torch.bfloat16) and all(
@@ -160,8 +162,24 @@ def _has_hooks(*layers: nn.Module) -> bool:
                 or any(layer._forward_hooks or layer._forward_pre_hooks for layer in layers))
 
 
-_HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
-                                                                       "_linear_pointwise")
+def _probe_onednn_linear() -> bool:
+    """Whether this PyTorch build has oneDNN's packed, fused linear kernels and they agree with
+    ``gelu(F.linear(...))`` on a small example (some builds or CPUs lack them)."""
+    if not (torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+        return False
+    x = torch.linspace(-2, 2, 24).view(4, 6)
+    weight, bias = torch.linspace(-0.5, 0.5, 18).view(3, 6), torch.tensor([0.1, -0.2, 0.3])
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+        out = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "gelu", [], "none")
+    except RuntimeError:
+        return False
+    return torch.allclose(out, F.gelu(F.linear(x, weight, bias)), atol=1e-5)
+
+
+_HAS_ONEDNN_LINEAR = _probe_onednn_linear()
 
 
 def _onednn_linear(x: Tensor, layer: nn.Linear, activation: str = "none",
