@@ -298,3 +298,27 @@ def test_onednn_path_can_be_turned_off(monkeypatch):
         model(torch.randn(1, 3, 32, 32))
     assert calls[0] == 0
     assert blocks._probe_onednn_linear()
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_training_linear_matches_nn_linear(autocast):
+    """CPU training runs qkv and proj as _TrainingLinear (oneDNN products): the same outputs and
+    gradients as nn.Linear; a forward hook on the layer brings back the plain call."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(16, 48)
+    x = torch.randn(2, 49, 16, requires_grad=True)
+    grad_out = torch.randn(2, 49, 48)
+    results = []
+    for fused in (True, False):
+        layer.zero_grad()
+        x.grad = None
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            out = blocks.linear(layer, x) if fused else layer(x)
+        assert (out.grad_fn.name() == "_TrainingLinearBackward") == fused
+        out.backward(grad_out.to(out.dtype))
+        results.append([out.float(), x.grad, layer.weight.grad, layer.bias.grad])
+    tolerance = 1e-5 if not autocast else 2e-2
+    for fused_value, plain_value in zip(*results):
+        assert (fused_value - plain_value).abs().max() <= tolerance * plain_value.abs().max()
+    layer.register_forward_hook(lambda *args: None)
+    assert blocks.linear(layer, x).grad_fn.name() != "_TrainingLinearBackward"

@@ -8,7 +8,8 @@ The forward passes compute the official model with fewer passes over memory (see
 docs/performance.md): in float32 the position encodings fold their residual into the convolution,
 window attention outputs go back to image order inside the residual addition, and in CPU
 inference the linear layers run as oneDNN kernels with packed weights that apply the GELU and
-the residual additions before writing their output.
+the residual additions before writing their output. In training the MLP recomputes GELU in
+the backward pass instead of keeping its output, and CPU products go through oneDNN.
 """
 from __future__ import annotations
 
@@ -103,13 +104,10 @@ class _MlpWithGeluRecompute(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight1: Tensor, bias1: Tensor, weight2: Tensor,
                 bias2: Tensor) -> Tensor:
-        device_type = x.device.type
-        dtype = (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
-                 else x.dtype)
-        x, weight1, bias1, weight2, bias2 = (t.to(dtype) for t in (x, weight1, bias1, weight2, bias2))
-        with torch.autocast(device_type, enabled=False):
-            hidden = F.linear(x, weight1, bias1)
-            out = F.linear(F.gelu(hidden), weight2, bias2)
+        x, weight1, bias1, weight2, bias2 = _autocast_inputs(x, weight1, bias1, weight2, bias2)
+        with torch.autocast(x.device.type, enabled=False):
+            hidden = _product(x, weight1, bias1)
+            out = _product(F.gelu(hidden), weight2, bias2)
         ctx.save_for_backward(x, weight1, hidden, weight2)
         return out
 
@@ -123,16 +121,65 @@ class _MlpWithGeluRecompute(torch.autograd.Function):
         grad_weight2 = grad_out.t().mm(F.gelu(hidden_2d)) if needs_w2 else None
         grad_hidden = torch.ops.aten.gelu_backward(grad_out.mm(weight2), hidden_2d)
         grad_weight1 = grad_hidden.t().mm(x.reshape(-1, x.shape[-1])) if needs_w1 else None
-        grad_x = grad_hidden.mm(weight1).view(x.shape) if needs_x else None
+        grad_x = _product(grad_hidden, weight1.t().contiguous()).view(x.shape) if needs_x else None
         return (grad_x, grad_weight1, grad_hidden.sum(0) if needs_b1 else None, grad_weight2,
                 grad_out.sum(0) if needs_b2 else None)
 
 
+class _TrainingLinear(torch.autograd.Function):
+    """``F.linear`` whose products (forward, and the input gradient) go through :func:`_product`.
+
+    Used in training on CPU, where oneDNN's kernels beat the BLAS products on the long, narrow
+    matrices of the first stages (docs/performance.md); the weight gradient stays a BLAS product.
+    Under autocast the products run in autocast's dtype, as they would in nn.Linear.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        x, weight, bias = _autocast_inputs(x, weight, bias)
+        with torch.autocast(x.device.type, enabled=False):
+            out = _product(x, weight, bias)
+        ctx.save_for_backward(x, weight)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        grad_out = grad_out.to(x.dtype).reshape(-1, grad_out.shape[-1])
+        needs_x, needs_weight, needs_bias = ctx.needs_input_grad
+        grad_weight = grad_out.t().mm(x.reshape(-1, x.shape[-1])) if needs_weight else None
+        grad_x = _product(grad_out, weight.t().contiguous()).view(x.shape) if needs_x else None
+        return grad_x, grad_weight, grad_out.sum(0) if needs_bias else None
+
+
+def _autocast_inputs(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """``tensors`` in the dtype autocast would compute their product in (unchanged without it)."""
+    device_type = tensors[0].device.type
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) for t in tensors)
+
+
+def _product(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)``, as a oneDNN kernel on CPU where one is available."""
+    if (x.device.type == "cpu" and _HAS_ONEDNN_LINEAR and torch.backends.mkldnn.enabled
+            and not torch.compiler.is_compiling() and x.dtype in (torch.float32, torch.bfloat16)):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "none")
+    return F.linear(x, weight, bias)
+
+
 def linear(layer: nn.Linear, x: Tensor, residual: Tensor | None = None) -> Tensor:
-    """``layer(x)`` (plus ``residual``), through oneDNN where :func:`_use_onednn` allows."""
+    """``layer(x)`` (plus ``residual``): through oneDNN with packed weights where
+    :func:`_use_onednn` allows, as :class:`_TrainingLinear` in CPU training."""
     if _use_onednn(x, layer):
         return _onednn_linear(x, layer, residual=residual)
-    out = layer(x)
+    if (torch.is_grad_enabled() and x.device.type == "cpu" and layer.bias is not None
+            and not _has_hooks(layer)):
+        out = _TrainingLinear.apply(x, layer.weight, layer.bias)
+    else:
+        out = layer(x)
     return out if residual is None else residual + out
 
 
