@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .checkpoint.io import replacing
 
 logger = logging.getLogger("davit")
 
@@ -36,17 +37,12 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: tuple[int, int] 
     example = torch.randn(2, 3, height, width)
     dynamic_shapes = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    try:
+    with replacing(path, suffix=".part") as tmp:
         program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=dynamic_shapes,
                                     input_names=["images"], output_names=["logits"], verbose=False)
         program.save(str(tmp))
         if verify:
             _verify(model, tmp, example, atol)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

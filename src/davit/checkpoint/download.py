@@ -3,17 +3,17 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
 import re
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from pathlib import Path, PurePosixPath
 
 import torch
 from tqdm import tqdm
+
+from .io import replacing
 
 TIMEOUT_S = 30.0
 CHUNK_BYTES = 1 << 20
@@ -96,8 +96,7 @@ def download_checkpoint(url: str, progress: bool = True, check_hash: bool = True
         response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
     except (OSError, http.client.HTTPException) as e:
         raise DownloadError(f"could not download {url}: {_reason(e)}; {_by_hand(dest)}") from e
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
-    try:
+    with replacing(dest, suffix=".part") as tmp:
         with response:
             digest = _stream(response, tmp, url, dest, progress)
         expected = expected_sha256_prefix(dest.name) if check_hash else None
@@ -105,8 +104,4 @@ def download_checkpoint(url: str, progress: bool = True, check_hash: bool = True
             raise DownloadError(
                 f"the file downloaded from {url} has SHA-256 {digest}, but its name expects a hash "
                 f"starting with {expected}; it was discarded. Try again, or {_by_hand(dest)}")
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return dest

@@ -10,7 +10,8 @@ import os
 import pickle
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,19 @@ def load_state_dict_file(path: PathLike) -> dict[str, Tensor]:
     return _unwrap(obj, path)
 
 
+@contextmanager
+def replacing(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block ends normally it is renamed over
+    ``path`` (atomically), when it raises it is removed: ``path`` is never left half-written."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def save_state_dict_file(state_dict: Mapping[str, Tensor], path: PathLike,
                          metadata: dict[str, str] | None = None) -> Path:
     """Write ``state_dict`` (and string ``metadata``) atomically to ``path``; the suffix picks the format.
@@ -112,17 +126,12 @@ def save_state_dict_file(state_dict: Mapping[str, Tensor], path: PathLike,
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    with replacing(path) as tmp:
         if _is_safetensors(path):
             tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
             safetensors.torch.save_file(tensors, tmp, metadata=dict(metadata) if metadata else None)
         else:
             torch.save({"state_dict": dict(state_dict), "meta": dict(metadata or {})}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 import os
 import random
 import re
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..checkpoint.io import CheckpointError
+from ..checkpoint.io import CheckpointError, replacing
 
 LATEST = "latest.pth"
 BEST = "best.pth"
@@ -26,23 +25,16 @@ def save_atomic(obj: dict, path: Path) -> None:
     """``torch.save`` to a temporary file in the same folder, flushed to disk, then renamed over
     ``path``: a crash mid-write leaves the previous ``path`` intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def link_atomic(source: Path, path: Path) -> None:
     """Make ``path`` the same file as ``source`` (a hard link, or a copy where links are not
     supported), replacing ``path`` atomically."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    with replacing(path) as tmp:
         try:
             os.link(source, tmp)
         except OSError:
@@ -51,10 +43,6 @@ def link_atomic(source: Path, path: Path) -> None:
                     dst.write(chunk)
                 dst.flush()
                 os.fsync(dst.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def rng_state() -> dict[str, Any]:
