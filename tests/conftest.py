@@ -1,10 +1,7 @@
-from pathlib import Path
-
 import pytest
 import torch
 
-FIXTURES = Path(__file__).parent / "fixtures"
-REPO = Path(__file__).resolve().parents[1]
+from tests.paths import FIXTURES
 
 
 @pytest.fixture(scope="session")

@@ -13,15 +13,13 @@ from pathlib import Path, PurePosixPath
 import torch
 from tqdm import tqdm
 
+from ..errors import DownloadError, InvalidArgumentError
 from .io import replacing
 
 TIMEOUT_S = 30.0
 CHUNK_BYTES = 1 << 20
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})(?:\.[A-Za-z0-9]+)+$")
 
-
-class DownloadError(RuntimeError):
-    """A checkpoint that could not be downloaded, or arrived incomplete or with the wrong hash."""
 
 
 def checkpoint_cache_dir() -> Path:
@@ -39,7 +37,7 @@ def cached_path_for(url: str) -> Path:
     """Where :func:`download_checkpoint` keeps the file behind ``url``."""
     name = PurePosixPath(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
     if not name:
-        raise ValueError(f"the URL {url!r} names no file")
+        raise InvalidArgumentError(f"the URL {url!r} names no file")
     return checkpoint_cache_dir() / name
 
 

@@ -10,18 +10,20 @@ Every tensor has the same shape in all four; only names differ.
 from __future__ import annotations
 
 import re
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from torch import Tensor
+
+from ..errors import CheckpointFormatError, InvalidArgumentError
 
 FORMATS = ("official", "mmpretrain", "timm", "davit")
 BLOCK_KINDS = ("spatial", "channel")
 _PARAM = r"(?P<p>weight|bias)"
 
-Rule = tuple[re.Pattern, Callable[[re.Match], str]]
+Rule = tuple[re.Pattern, Callable[[re.Match], str | None]]
 
 
-def _rule(pattern: str, build: Callable[[re.Match], str]) -> Rule:
+def _rule(pattern: str, build: Callable[[re.Match], str | None]) -> Rule:
     return re.compile("^" + pattern + "$"), build
 
 
@@ -141,9 +143,6 @@ _FROM_OURS: dict[str, Callable[[str, int], str | None]] = {
 }
 
 
-class CheckpointFormatError(ValueError):
-    """A state dict whose keys do not fit any DaViT checkpoint layout."""
-
 
 def _match_ours(key: str, fmt: str) -> str | None:
     for pattern, build in _TO_OURS[fmt]:
@@ -208,7 +207,7 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], to: str,
 
 def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
-        raise ValueError(f"unknown checkpoint format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise InvalidArgumentError(f"unknown checkpoint format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
 def _preview(keys: list[str], limit: int = 10) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 from huggingface_hub import constants, hf_hub_download
 from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
 
-from .download import DownloadError
+from ..errors import DownloadError, InvalidArgumentError
 
 HF_PREFIX = "hf-hub:"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -23,10 +23,10 @@ def is_hf_hub_name(name: object) -> bool:
 def parse_hf_hub_name(name: str) -> tuple[str, str | None]:
     """Split ``hf-hub:owner/repo[@revision]`` into ``(repo_id, revision)``."""
     if not is_hf_hub_name(name):
-        raise ValueError(f"{name!r} is not a Hugging Face Hub name; expected e.g. {_EXAMPLE!r}")
+        raise InvalidArgumentError(f"{name!r} is not a Hugging Face Hub name; expected e.g. {_EXAMPLE!r}")
     repo_id, at, revision = name[len(HF_PREFIX):].partition("@")
     if not _REPO_ID.fullmatch(repo_id) or (at and not revision):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{name!r} does not name a Hugging Face Hub repo; expected {HF_PREFIX}owner/repo[@revision], "
             f"e.g. {_EXAMPLE!r}")
     return repo_id, revision or None

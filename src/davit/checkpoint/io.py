@@ -5,7 +5,6 @@ anything but tensors and plain containers is refused before any of its code can 
 """
 from __future__ import annotations
 
-import errno
 import os
 import pickle
 import re
@@ -20,6 +19,8 @@ import safetensors.torch
 import torch
 from torch import Tensor
 
+from ..errors import CheckpointError, CheckpointNotFoundError
+
 PathLike = str | os.PathLike
 WRAPPER_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")
@@ -31,9 +32,6 @@ _CONVERT_HINT = ("If you trust its source, convert it to safetensors or a plain 
                  "only) in a trusted environment and load that instead.")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be read, or is refused because loading it is unsafe."""
-
 
 def _is_safetensors(path: Path) -> bool:
     return path.suffix.lower() == ".safetensors"
@@ -42,7 +40,7 @@ def _is_safetensors(path: Path) -> bool:
 def _existing(path: PathLike) -> Path:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(errno.ENOENT, "checkpoint file not found", str(path))
+        raise CheckpointNotFoundError(f"checkpoint file not found: {path}")
     return path
 
 

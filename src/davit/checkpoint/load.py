@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
-import torch
 from torch import Tensor, nn
 
+from ..errors import CheckpointMismatchError
 from ..model.archs import ARCHS
-from .download import download_checkpoint
+from ..resolve import fetch_weights
 from .formats import to_davit
-from .hub import download_hf_checkpoint, is_hf_hub_name
 from .io import load_state_dict_file
 
 logger = logging.getLogger("davit")
@@ -20,28 +19,10 @@ logger = logging.getLogger("davit")
 HEAD_KEYS = ("head.fc.weight", "head.fc.bias")
 
 
-class CheckpointMismatchError(ValueError):
-    """A checkpoint whose tensors do not fit the model."""
-
-
-def resolve_checkpoint(source: str | Path, progress: bool = True) -> Path:
-    """A local path for ``source``: a file path, an http(s) URL (downloaded into the torch hub
-    cache) or an ``hf-hub:`` name."""
-    text = str(source)
-    if is_hf_hub_name(text):
-        return download_hf_checkpoint(text)
-    if re.match(r"^https?://", text):
-        return download_checkpoint(text, progress=progress)
-    path = Path(text).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {text!r} does not exist (expected a file path, an "
-                                "http(s) URL or an hf-hub: name)")
-    return path
-
 
 def read_checkpoint(source: str | Path, progress: bool = True) -> dict[str, Tensor]:
-    """Read a checkpoint from a path, URL or hub name and rename its keys to this library's."""
-    return to_davit(load_state_dict_file(resolve_checkpoint(source, progress=progress)))
+    """Read a checkpoint from a path, URL, hub name or zoo name and rename its keys to this library's."""
+    return to_davit(load_state_dict_file(fetch_weights(source, progress=progress)))
 
 
 def checkpoint_num_classes(state_dict: Mapping[str, Tensor]) -> int | None:

@@ -22,16 +22,16 @@ from .transforms import (
 )
 
 __all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "AnnotatedImageDataset",
     "ClassFolderDataset",
     "DatasetError",
-    "LabelledImageDataset",
-    "build_dataset",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "ImageLoadError",
     "ImageSource",
+    "LabelledImageDataset",
     "TestTransform",
+    "build_dataset",
     "build_test_transform",
     "center_crop",
     "imagenet_classes",

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import DatasetError
 from .classes import imagenet_classes, imagenet_synsets
-from .images import ImageLoadError, load_image
+from .images import ImageLoadError
 
 logger = logging.getLogger("davit")
 
@@ -28,16 +30,13 @@ _OTHER_KEYS = {"type", "pipeline", "test_mode", "lazy_init", "serialize_data", "
 Transform = Callable[[Any], torch.Tensor]
 
 
-class DatasetError(ValueError):
-    """A dataset that cannot be evaluated: missing files, no images, or labels the model lacks."""
-
 
 class Sample(NamedTuple):
     """One dataset item: the image tensor (None when it failed to load) and why it failed."""
 
     image: torch.Tensor | None
     label: int
-    index: int
+    position: int  # the item's index in the dataset
     error: str | None
 
 
@@ -58,11 +57,12 @@ class Batch:
 
 def collate_samples(samples: list[Sample]) -> Batch:
     """Stack the loaded images of ``samples``; list the failed ones in ``failures``."""
+    loaded = [s.image for s in samples if s.image is not None]
     good = [s for s in samples if s.image is not None]
-    images = torch.stack([s.image for s in good]) if good else None
+    images = torch.stack(loaded) if loaded else None
     labels = torch.tensor([s.label for s in good], dtype=torch.long)
-    failures = [(s.index, s.label, s.error) for s in samples if s.image is None]
-    return Batch(images, labels, [s.index for s in good], failures)
+    failures = [(s.position, s.label, s.error or "unreadable") for s in samples if s.image is None]
+    return Batch(images, labels, [s.position for s in good], failures)
 
 
 class LabelledImageDataset(Dataset):
@@ -90,7 +90,7 @@ class LabelledImageDataset(Dataset):
             self._check_labels(num_classes)
 
     def _check_labels(self, num_classes: int) -> None:
-        for position, (path, label) in enumerate(self.samples):
+        for position, (_path, label) in enumerate(self.samples):
             if not 0 <= label < num_classes:
                 raise DatasetError(
                     f"{self.describe(position)} has label {label}, outside the model's "
@@ -179,7 +179,8 @@ class ClassFolderDataset(LabelledImageDataset):
                 raise DatasetError(f"{root} has {len(folders)} class sub-folders but the model "
                                    f"has {num_classes} classes; use a model with "
                                    f"{len(folders)} classes (model.head.num_classes)")
-        samples, empty = [], []
+        samples: list[tuple[Path, int]] = []
+        empty: list[str] = []
         for folder in folders:
             files = _image_files(root / folder)
             if not files:

@@ -11,11 +11,10 @@ from typing import TypeAlias
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from ..errors import ImageLoadError
+
 ImageSource: TypeAlias = str | os.PathLike[str] | Image.Image | np.ndarray
 
-
-class ImageLoadError(ValueError):
-    """An image source that cannot be turned into an RGB image."""
 
 
 def load_image(source: ImageSource) -> Image.Image:

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.functional import pil_to_tensor
 
+from ..errors import PipelineError, require
 from .images import ImageSource, load_image
 
 _INTERPOLATION = {
@@ -38,9 +38,6 @@ _PIL_INTERPOLATION = {
 
 PipelineStep = Callable[[Image.Image], Image.Image]
 
-
-class PipelineError(ValueError):
-    """A training pipeline step or option that is not supported."""
 
 
 class TrainTransform:
@@ -94,8 +91,9 @@ def build_train_transform(pipeline: Sequence[dict], mean: Sequence[float],
         kind = step.pop("type")
         if kind not in _BUILDERS:
             where = " (it must come right before PackInputs)" if kind == "RandomErasing" else ""
+            supported = ", ".join(["LoadImageFromFile", *_BUILDERS, "RandomErasing", "PackInputs"])
             raise PipelineError(f"training pipeline step {kind!r} is not supported{where}; "
-                                f"supported steps: {', '.join(['LoadImageFromFile', *_BUILDERS, 'RandomErasing', 'PackInputs'])}")
+                                f"supported steps: {supported}")
         pil_steps.append(_BUILDERS[kind](step))
     return TrainTransform(pil_steps, mean, std, erasing)
 
@@ -127,7 +125,9 @@ def _size(scale: int | Sequence[int], kind: str) -> tuple[int, int]:
 
 def _rgb(colour: float | Sequence[float]) -> float | list[float]:
     """A BGR colour (mmpretrain's order) as RGB; a single number is kept."""
-    return [float(c) for c in reversed(colour)] if isinstance(colour, (list, tuple)) else float(colour)
+    if isinstance(colour, (list, tuple)):
+        return [float(c) for c in reversed(colour)]
+    return float(colour)  # type: ignore[arg-type]  # a number: Sequence is excluded above
 
 
 def _random_resized_crop(step: dict) -> PipelineStep:
@@ -193,6 +193,7 @@ def _rand_augment(step: dict) -> PipelineStep:
     fill = tuple(round(c) for c in pad) if isinstance(pad, list) else (round(pad),) * 3
     # timm's increasing policy is what mmpretrain's 'timm_increasing' reproduces; translations are
     # relative to the image size (timm's default translate_pct 0.45).
+    require("timm", "train", "RandAugment")
     from timm.data.auto_augment import rand_augment_transform
 
     config = (f"rand-m{o['magnitude_level']}-n{o['num_policies']}-mstd{o['magnitude_std']}"
@@ -227,6 +228,7 @@ def _random_erasing(step: dict, mean: Sequence[float], std: Sequence[float]) -> 
     if isinstance(aspect, (int, float)):
         aspect = sorted((aspect, 1 / aspect))
     fill = _rgb3(o["fill_color"])
+    value: list[float] | str
     if o["mode"] == "const":
         value = [(f - m) / s for f, m, s in zip(fill, mean, std)]
     elif o["mode"] == "rand":

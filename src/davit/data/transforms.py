@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
+from ..errors import InvalidArgumentError
 from .images import ImageSource, load_image
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -49,7 +50,7 @@ def resize_short_edge(img: Image.Image, size: int, interpolation: str = "bicubic
     ``interpolation`` is one of nearest, bilinear, bicubic, box, lanczos, hamming.
     """
     if interpolation not in _RESAMPLING:
-        raise ValueError(f"interpolation must be one of {sorted(_RESAMPLING)}, got {interpolation!r}")
+        raise InvalidArgumentError(f"interpolation must be one of {sorted(_RESAMPLING)}, got {interpolation!r}")
     return img.resize(short_edge_size(img.width, img.height, size), _RESAMPLING[interpolation])
 
 
@@ -61,8 +62,8 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     whole instead of padded, and the result is then smaller than requested.
     """
     crop_w, crop_h = min(size, img.width), min(size, img.height)
-    left = int(round((img.width - crop_w) / 2.0))
-    top = int(round((img.height - crop_h) / 2.0))
+    left = round((img.width - crop_w) / 2.0)
+    top = round((img.height - crop_h) / 2.0)
     return img.crop((left, top, left + crop_w, top + crop_h))
 
 
@@ -95,11 +96,11 @@ class TestTransform:
 
     def __post_init__(self) -> None:
         if self.interpolation not in _RESAMPLING:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"interpolation must be one of {sorted(_RESAMPLING)}, got {self.interpolation!r}"
             )
         if len(self.mean) != 3 or len(self.std) != 3:
-            raise ValueError("mean and std need one value per RGB channel")
+            raise InvalidArgumentError("mean and std need one value per RGB channel")
 
     def __call__(self, img: ImageSource) -> torch.Tensor:
         pixels = to_uint8_crop(img, self.resize_edge, self.crop_size, self.interpolation).float()
@@ -116,7 +117,10 @@ def build_test_transform(
     interpolation: str = "bicubic",
 ) -> TestTransform:
     """The DaViT test-time transform; the defaults are those of mmpretrain's configs."""
-    return TestTransform(resize_edge, crop_size, tuple(mean), tuple(std), interpolation)
+    if len(mean) != 3 or len(std) != 3:
+        raise InvalidArgumentError(f"mean and std need one value per RGB channel, got {list(mean)} and {list(std)}")
+    return TestTransform(resize_edge, crop_size, (mean[0], mean[1], mean[2]), (std[0], std[1], std[2]),
+                         interpolation)
 
 
 def preprocess(
@@ -132,6 +136,6 @@ def preprocess(
         images = [images]
     images = list(images)
     if not images:
-        raise ValueError("preprocess needs at least one image")
+        raise InvalidArgumentError("preprocess needs at least one image")
     transform = transform or build_test_transform()
     return torch.stack([transform(image) for image in images])

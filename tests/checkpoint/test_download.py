@@ -12,8 +12,13 @@ from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
 
 from davit.checkpoint import download as dl
 from davit.checkpoint import hub
-from davit.checkpoint.download import (DownloadError, cached_path_for, checkpoint_cache_dir, download_checkpoint,
-                                       expected_sha256_prefix)
+from davit.checkpoint.download import (
+    DownloadError,
+    cached_path_for,
+    checkpoint_cache_dir,
+    download_checkpoint,
+    expected_sha256_prefix,
+)
 from davit.checkpoint.hub import download_hf_checkpoint, is_hf_hub_name, parse_hf_hub_name
 from davit.checkpoint.io import load_state_dict_file, save_state_dict_file
 

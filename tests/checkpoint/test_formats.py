@@ -4,11 +4,9 @@ import csv
 import pytest
 import torch
 
-from davit.checkpoint.formats import (CheckpointFormatError, convert_state_dict, detect_format,
-                                      from_davit, to_davit)
+from davit.checkpoint.formats import CheckpointFormatError, convert_state_dict, detect_format, from_davit, to_davit
 from davit.model import DaViTClassifier
-
-from .conftest import FIXTURES
+from tests.paths import FIXTURES
 
 FORMAT_COLUMNS = ["official", "mmpretrain", "timm"]
 

@@ -23,11 +23,11 @@ from davit.data import (
     short_edge_size,
     to_uint8_crop,
 )
+from tests.paths import FIXTURES, REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CAT = REPO / "demo" / "cat.jpg"
 COFFEE = REPO / "demo" / "coffee.jpg"
-PIPELINE_FIXTURE = Path(__file__).parent / "fixtures" / "mmpretrain_pipeline.pt"
+PIPELINE_FIXTURE = FIXTURES / "mmpretrain_pipeline.pt"
 MMPRETRAIN_CROPS: dict[str, torch.Tensor] = torch.load(PIPELINE_FIXTURE, weights_only=True)
 
 
