@@ -4,7 +4,7 @@ The same as ``davit benchmark``; see docs/performance.md for the measured tables
 """
 import sys
 
-from davit.benchmark import main
+from davit.cli import run_subcommand
 
 if __name__ == "__main__":
-    sys.exit(main(prog="benchmarks/benchmark.py"))
+    sys.exit(run_subcommand("benchmark", prog="benchmarks/benchmark.py"))

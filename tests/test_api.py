@@ -15,8 +15,7 @@ from davit.checkpoint.formats import from_davit
 from davit.checkpoint.load import CheckpointMismatchError
 from davit.data import ImageLoadError, build_test_transform, load_image
 from davit.model import DaViTClassifier
-
-from .conftest import REPO
+from tests.paths import REPO
 
 SEED_FILE = "davit-tiny_3rdparty_in1k_20221116-700fdf7d.pth"
 CAT = REPO / "demo" / "cat.jpg"
@@ -191,3 +190,33 @@ def test_backbone_loads_a_classifier_checkpoint(tmp_path, tiny_weights, caplog):
         load_pretrained(backbone, path)
     assert "head.fc.weight" in caplog.text
     assert torch.equal(backbone.stem.conv.weight, tiny_weights["backbone.stem.conv.weight"])
+
+
+def test_inference_goes_through_the_evaluation_primitive(monkeypatch):
+    import davit.api
+    from davit.engine.evaluation import class_probabilities
+
+    calls = []
+
+    def spy(model, images, amp=None):
+        calls.append((images.shape[0], amp))
+        return class_probabilities(model, images, amp=amp)
+
+    monkeypatch.setattr(davit.api, "class_probabilities", spy)
+    model = get_model("davit-tiny", num_classes=3)
+    results = inference_model(model, [str(CAT), str(COFFEE), str(CAT)], batch_size=2)
+    assert calls == [(2, None), (1, None)] and len(results) == 3
+
+
+def test_bad_arguments_are_davit_errors(tmp_path):
+    from davit.errors import DavitError, InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="batch_size"):
+        inference_model(get_model("davit-tiny", num_classes=3), str(CAT), batch_size=0)
+    with pytest.raises(InvalidArgumentError, match="custom architecture has no published weights"):
+        get_model({"embed_dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8]},
+                  pretrained=True)
+    with pytest.raises(InvalidArgumentError, match="pretrained must be"):
+        get_model("tiny", pretrained=3)
+    with pytest.raises(DavitError, match="does not exist"):
+        get_model("tiny", pretrained=str(tmp_path / "nowhere.pth"))

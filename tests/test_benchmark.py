@@ -1,9 +1,14 @@
 """``davit benchmark`` runs end to end on a tiny model (the figures themselves are not checked)."""
-import os
 import importlib.util
 import json
+import os
+import sys
 
-from davit.cli import main
+import pytest
+
+from davit.benchmark import BenchmarkOptions, run
+from davit.cli.main import run_subcommand
+from davit.errors import InvalidArgumentError
 
 TINY = '{"embed_dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8]}'
 FAST = ["--model", TINY, "--batch-size", "2", "--input-size", "64", "64", "--repeats", "1",
@@ -12,7 +17,7 @@ FAST = ["--model", TINY, "--batch-size", "2", "--input-size", "64", "64", "--rep
 
 def test_inference_table_and_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["benchmark", *FAST, "--json", str(out)]) == 0
+    assert run_subcommand("benchmark", [*FAST, "--json", str(out)]) == 0
     table = capsys.readouterr().out
     assert "| model | images/s (median) |" in table and "| davit |" in table
     report = json.loads(out.read_text())
@@ -29,7 +34,7 @@ def test_inference_table_and_json(tmp_path, capsys):
 
 def test_train_step_in_bfloat16(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["benchmark", *FAST, "--mode", "train", "--dtype", "bf16", "--no-timm",
+    assert run_subcommand("benchmark", [*FAST, "--mode", "train", "--dtype", "bf16", "--no-timm",
                  "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert list(report["results"]) == ["davit"]
@@ -38,8 +43,32 @@ def test_train_step_in_bfloat16(tmp_path, capsys):
 
 
 def test_bad_model_is_one_line_error(capsys):
-    assert main(["benchmark", "--model", "davit-enormous", "--repeats", "1"]) == 1
+    assert run_subcommand("benchmark", ["--model", "davit-enormous", "--repeats", "1"]) == 1
     assert "davit benchmark: error:" in capsys.readouterr().err
+
+
+def test_without_timm_no_timm_works_and_the_reference_asks_for_the_extra(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm now raises ImportError
+    out = tmp_path / "bench.json"
+    assert run_subcommand("benchmark", [*FAST, "--no-timm", "--json", str(out)]) == 0
+    assert list(json.loads(out.read_text())["results"]) == ["davit"]
+    capsys.readouterr()
+    assert run_subcommand("benchmark", FAST) == 1
+    assert capsys.readouterr().err == (
+        "davit benchmark: error: timing timm's DaViT needs the 'timm' package, which is not "
+        "installed: pip install 'davit-toolkit[benchmark]'\n")
+
+
+def test_options_are_typed_and_checked():
+    options = BenchmarkOptions(model=TINY, batch_size=2, input_size=(64, 64), repeats=1, warmup=0,
+                               device="cpu", timm=False)
+    report = run(options)
+    assert report["config"]["input_size"] == [64, 64] and report["config"]["warmup"] == 0
+    assert list(report["results"]) == ["davit"]
+    for bad in [{"dtype": "fp16"}, {"mode": "eval"}, {"batch_size": 0}, {"input_size": (0, 64)},
+                {"warmup": -1}, {"threads": 0}]:
+        with pytest.raises(InvalidArgumentError):
+            BenchmarkOptions(**bad)
 
 
 def test_profiler_chatter_is_held_back_and_other_stderr_passes(capfd):
@@ -55,7 +84,7 @@ def test_profiler_chatter_is_held_back_and_other_stderr_passes(capfd):
 
 
 def test_table_script_runs_rows_and_prints_the_markdown_table(tmp_path, capsys):
-    from .conftest import REPO
+    from tests.paths import REPO
 
     spec = importlib.util.spec_from_file_location("bench_table", REPO / "benchmarks" / "table.py")
     table = importlib.util.module_from_spec(spec)
@@ -73,7 +102,7 @@ def test_table_script_runs_rows_and_prints_the_markdown_table(tmp_path, capsys):
 
 def test_saved_results_reprint_the_tables_of_the_readme_and_docs(capsys):
     """The README and docs/performance.md quote the table that the saved JSON files give."""
-    from .conftest import REPO
+    from tests.paths import REPO
 
     spec = importlib.util.spec_from_file_location("bench_table", REPO / "benchmarks" / "table.py")
     table = importlib.util.module_from_spec(spec)

@@ -1,4 +1,6 @@
 """ONNX export, checked against the golden official logits through onnxruntime."""
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +8,8 @@ import torch
 onnxruntime = pytest.importorskip("onnxruntime")
 
 from davit.checkpoint.formats import to_davit  # noqa: E402
-from davit.cli import main  # noqa: E402
+from davit.cli.main import run_subcommand  # noqa: E402
+from davit.errors import InvalidArgumentError, MissingDependencyError  # noqa: E402
 from davit.export import export_onnx  # noqa: E402
 from davit.model import DaViTClassifier  # noqa: E402
 
@@ -27,9 +30,25 @@ def test_onnx_reproduces_golden_logits_with_dynamic_batch(golden, golden_arch, t
 def test_export_cli_and_bad_output_name(tmp_path, capsys):
     with pytest.raises(ValueError, match=".onnx"):
         export_onnx(DaViTClassifier("tiny", num_classes=2), tmp_path / "model.bin")
-    assert main(["export", "tiny", str(tmp_path / "tiny.onnx"), "--random-weights", "--num-classes", "3",
+    assert run_subcommand("export", ["tiny", str(tmp_path / "tiny.onnx"), "--random-weights", "--num-classes", "3",
                  "--input-size", "64", "96"]) == 0
     assert (tmp_path / "tiny.onnx").is_file() and not list(tmp_path.glob(".*.part"))
     session = onnxruntime.InferenceSession(str(tmp_path / "tiny.onnx"), providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {"images": torch.randn(1, 3, 64, 96).numpy()})
     assert logits.shape == (1, 3)
+
+
+def test_missing_exporter_names_the_extra_and_writes_nothing(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # import onnxscript now raises ImportError
+    with pytest.raises(MissingDependencyError, match=r"pip install 'davit-toolkit\[export\]'"):
+        export_onnx(DaViTClassifier("tiny", num_classes=2), tmp_path / "model.onnx")
+    assert run_subcommand("export", ["tiny", str(tmp_path / "tiny.onnx"), "--random-weights"]) == 1
+    assert capsys.readouterr().err.startswith("davit export: error: ONNX export needs the 'onnxscript'")
+    assert not list(tmp_path.iterdir())
+
+
+def test_bad_output_name_is_an_invalid_argument(tmp_path, capsys):
+    with pytest.raises(InvalidArgumentError, match=".onnx"):
+        export_onnx(DaViTClassifier("tiny", num_classes=2), tmp_path / "model.bin")
+    assert run_subcommand("export", ["tiny", str(tmp_path / "tiny.bin"), "--random-weights"]) == 1
+    assert "must end in .onnx" in capsys.readouterr().err

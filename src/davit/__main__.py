@@ -1,3 +1,4 @@
+"""``python -m davit``: the ``davit`` command line."""
 import sys
 
 from .cli import main

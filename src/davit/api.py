@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from .checkpoint.load import checkpoint_num_classes, load_pretrained, read_checkpoint
 from .data import ImageLoadError, build_test_transform, imagenet_classes
-from .model import ARCHS, DaViTArch, DaViTClassifier
-from .zoo import get_model_info
+from .engine.evaluation import class_probabilities
+from .errors import InvalidArgumentError
+from .model import DaViTArch, DaViTClassifier
+from .resolve import resolve_device, resolve_model, resolve_weights
 
 logger = logging.getLogger("davit")
 
@@ -23,7 +26,7 @@ def get_model(model: str | dict | DaViTArch, pretrained: bool | str | Path = Fal
               semantics: str = "official", progress: bool = True,
               **backbone_options: Any) -> DaViTClassifier:
     """Build a DaViT classifier by zoo name (``davit-tiny_3rdparty_in1k``), architecture name
-    (``tiny``) or custom architecture dict.
+    (``tiny``), custom architecture dict or JSON object (see :func:`davit.resolve.resolve_model`).
 
     Args:
         pretrained: False for random weights, True for the zoo entry's weights, or a checkpoint
@@ -35,40 +38,34 @@ def get_model(model: str | dict | DaViTArch, pretrained: bool | str | Path = Fal
         backbone_options: ``drop_path_rate``, ``out_indices``, ``frozen_stages``,
             ``grad_checkpointing``, ``in_chans``.
     """
-    arch, default_classes, weights = _resolve(model)
-    if pretrained is True:
-        if weights is None:
-            raise ValueError(f"{model!r} has no published weights; pass pretrained=<path or URL>, "
-                             "or choose a name from list_models(pretrained=True)")
-        source = weights
-    elif pretrained is False or pretrained is None:
-        source = None
-    elif isinstance(pretrained, (str, Path)):
-        source = pretrained
-    else:
-        raise TypeError(f"pretrained must be a bool, a path, a URL or an hf-hub: name, "
-                        f"not {type(pretrained).__name__}")
-
+    ref = resolve_model(model)
+    target = resolve_device(device) if device is not None else None  # fail before any download
+    source = _weights_source(model, pretrained)
     state_dict = read_checkpoint(source, progress=progress) if source is not None else None
     ckpt_classes = checkpoint_num_classes(state_dict) if state_dict is not None else None
-    classes = num_classes if num_classes is not None else (ckpt_classes or default_classes)
-    net = DaViTClassifier(arch, num_classes=classes, semantics=semantics, **backbone_options)
+    classes = num_classes if num_classes is not None else (ckpt_classes or ref.num_classes)
+    net = DaViTClassifier(ref.arch, num_classes=classes, semantics=semantics, **backbone_options)
     if state_dict is not None:
         load_pretrained(net, state_dict)
     if classes == 1000:
         net.class_names = imagenet_classes()
     net.eval()
-    return net.to(device) if device is not None else net
+    return net.to(target) if target is not None else net
 
 
-def _resolve(model: str | dict | DaViTArch) -> tuple[str | dict | DaViTArch, int, str | None]:
-    """(architecture, default class count, weights) for a zoo name, an arch name or an arch."""
-    if isinstance(model, str) and model in ARCHS:
-        return model, 1000, None
-    if isinstance(model, str):
-        info = get_model_info(model)
-        return info.arch, info.num_classes, info.weights
-    return model, 1000, None
+def _weights_source(model: str | dict | DaViTArch, pretrained: bool | str | Path) -> str | Path | None:
+    """The checkpoint that ``pretrained`` asks for: None, the zoo entry's weights or a source."""
+    if pretrained is True:
+        if not isinstance(model, str):
+            raise InvalidArgumentError("a custom architecture has no published weights; pass "
+                                       "pretrained=<path, URL or hf-hub: name>")
+        return resolve_weights(model)
+    if pretrained is False or pretrained is None:
+        return None
+    if isinstance(pretrained, (str, Path)):
+        return pretrained
+    raise InvalidArgumentError(f"pretrained must be a bool, a path, a URL or an hf-hub: name, "
+                               f"not {type(pretrained).__name__}")
 
 
 def inference_model(model: DaViTClassifier | str, inputs: ImageInput | Sequence[ImageInput],
@@ -82,49 +79,57 @@ def inference_model(model: DaViTClassifier | str, inputs: ImageInput | Sequence[
     read gives ``{"error": message}`` in its place and is logged; the other results are kept. A
     single unreadable image raises :class:`ImageLoadError`.
     """
+    if batch_size < 1:
+        raise InvalidArgumentError(f"batch_size must be at least 1, got {batch_size}")
     if isinstance(model, str):
         model = get_model(model, pretrained=True, device=device, **model_options)
     elif device is not None:
-        model = model.to(device)
+        model = model.to(resolve_device(device))
     single = not isinstance(inputs, (list, tuple))
     items = [inputs] if single else list(inputs)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    tensors, errors = _preprocess(items, raise_errors=single)
+    probabilities = _probabilities(model, tensors, batch_size)
+    names = getattr(model, "class_names", None)
+    results = [{"error": errors[index]} if index in errors
+               else _prediction(probabilities[index], names) for index in range(len(items))]
+    return results[0] if single else results
 
+
+def _preprocess(items: list[ImageInput], raise_errors: bool) -> tuple[dict[int, torch.Tensor],
+                                                                        dict[int, str]]:
+    """The test-time tensors of the readable items and the messages of the others, by index."""
     transform = build_test_transform()
-    tensors: list[torch.Tensor | None] = []
+    tensors: dict[int, torch.Tensor] = {}
     errors: dict[int, str] = {}
     for index, item in enumerate(items):
         try:
-            tensors.append(transform(item))
+            tensors[index] = transform(item)
         except ImageLoadError as error:
-            if single:
+            if raise_errors:
                 raise
             logger.error("skipping input %d: %s", index, error)
             errors[index] = str(error)
-            tensors.append(None)
+    return tensors, errors
 
-    good = [i for i, t in enumerate(tensors) if t is not None]
+
+def _probabilities(model: DaViTClassifier, tensors: dict[int, torch.Tensor],
+                   batch_size: int) -> dict[int, np.ndarray]:
+    """Class probabilities of each tensor, in batches, through the evaluation primitive."""
     param = next(model.parameters())
-    probabilities: dict[int, np.ndarray] = {}
     model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(good), batch_size):
-            chunk = good[start:start + batch_size]
-            batch = torch.stack([tensors[i] for i in chunk]).to(param.device, param.dtype)
-            scores = model(batch).float().softmax(dim=-1).cpu().numpy()
-            probabilities.update(zip(chunk, scores))
+    indices = list(tensors)
+    probabilities: dict[int, np.ndarray] = {}
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start:start + batch_size]
+        batch = torch.stack([tensors[i] for i in chunk]).to(param.device, param.dtype)
+        probabilities.update(zip(chunk, class_probabilities(model, batch, amp=None).cpu().numpy()))
+    return probabilities
 
-    names = getattr(model, "class_names", None)
-    results = []
-    for index in range(len(items)):
-        if index in errors:
-            results.append({"error": errors[index]})
-            continue
-        scores = probabilities[index]
-        label = int(scores.argmax())
-        result = {"pred_label": label, "pred_score": float(scores[label]), "pred_scores": scores}
-        if names is not None:
-            result["pred_class"] = names[label]
-        results.append(result)
-    return results[0] if single else results
+
+def _prediction(scores: np.ndarray, names: Sequence[str] | None) -> dict:
+    """One image's result, with mmpretrain's keys."""
+    label = int(scores.argmax())
+    result = {"pred_label": label, "pred_score": float(scores[label]), "pred_scores": scores}
+    if names is not None:
+        result["pred_class"] = names[label]
+    return result

@@ -1,4 +1,4 @@
-"""``davit benchmark``: time this library's DaViT and timm's side by side, in one process.
+"""Time this library's DaViT and timm's side by side, in one process (``davit benchmark``).
 
 Both models get the same weights (ours converted to timm's keys) and the same inputs, and run
 alternately after warm-up, so that drift of the machine (frequency, other processes) affects both
@@ -15,31 +15,32 @@ Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` during one step minus 
 before it. On CPU, the highest running total of the bytes that PyTorch's CPU allocator handed out
 during one step (from ``torch.profiler``'s memory events), minus what it freed; memory that MKL or
 oneDNN allocate on their own is not included.
+
+From Python: ``print(format_report(run(BenchmarkOptions(model="tiny", timm=False))))``. timm (the
+``benchmark`` extra) is imported only for the reference timing.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
+import importlib.metadata
 import os
 import re
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .api import _resolve
-from .argtypes import non_negative_int, positive_int
 from .checkpoint.formats import from_davit
+from .errors import DeviceError, InvalidArgumentError, require
 from .flops import count_flops
-from .model import DaViTArch, DaViTClassifier, resolve_arch
+from .model import DaViTArch, DaViTClassifier
+from .resolve import resolve_device, resolve_model
 
 DTYPES = ("fp32", "bf16", "pure-bf16")
 MODES = ("inference", "train")
@@ -69,99 +70,71 @@ class Timing:
         self.share_of_ceiling = self.gflops / self.ceiling_gflops
 
 
-def build_parser(prog: str = "davit benchmark") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Time this library's DaViT against timm's DaViT with the same "
-                               "weights and inputs, alternately in one process.")
-    parser.add_argument("--model", default="tiny",
-                        help="zoo name, architecture name (tiny ... giant) or a JSON dict with "
-                             "embed_dims, depths, num_heads (default: tiny)")
-    parser.add_argument("--batch-size", type=positive_int, default=16)
-    parser.add_argument("--input-size", nargs=2, type=positive_int, default=[224, 224],
-                        metavar=("H", "W"))
-    parser.add_argument("--dtype", choices=DTYPES, default="fp32",
-                        help="fp32; bf16 (fp32 weights, bfloat16 autocast); pure-bf16 (bfloat16 "
-                             "weights and inputs)")
-    parser.add_argument("--mode", choices=MODES, default="inference",
-                        help="inference (forward without autograd) or train (forward, backward "
-                             "and an AdamW step)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
-    parser.add_argument("--threads", type=positive_int, help="torch.set_num_threads")
-    parser.add_argument("--repeats", type=positive_int, default=10, help="timed steps per model")
-    parser.add_argument("--warmup", type=non_negative_int, default=2,
-                        help="untimed steps per model first")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if "
-                                                       "available, else cpu)")
-    parser.add_argument("--no-timm", action="store_true", help="time this library's model only")
-    parser.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
-    return parser
+@dataclass(frozen=True)
+class BenchmarkOptions:
+    """What to time: the model (see :func:`davit.resolve.resolve_model`), its input and step."""
+
+    model: str = "tiny"
+    batch_size: int = 16
+    input_size: tuple[int, int] = (224, 224)
+    dtype: str = "fp32"  # fp32, bf16 (autocast) or pure-bf16 (bfloat16 weights and inputs)
+    mode: str = "inference"  # inference, or train (forward, backward and an AdamW step)
+    compile: bool = False
+    threads: int | None = None  # torch.set_num_threads; None keeps PyTorch's choice
+    repeats: int = 10
+    warmup: int = 2
+    device: str | None = None  # None: cuda when available, else cpu
+    timm: bool = True  # also time timm's DaViT (needs timm)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise InvalidArgumentError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.mode not in MODES:
+            raise InvalidArgumentError(f"mode must be one of {MODES}, got {self.mode!r}")
+        counts = {"batch_size": self.batch_size, "repeats": self.repeats, "threads": self.threads,
+                  **dict(zip(("height", "width"), self.input_size))}
+        for name, value in counts.items():
+            if value is not None and value < 1:
+                raise InvalidArgumentError(f"{name} must be a positive integer, got {value}")
+        if self.warmup < 0:
+            raise InvalidArgumentError(f"warmup must be zero or positive, got {self.warmup}")
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "davit benchmark") -> int:
-    """Run the benchmark and print its table; 0 on success, 1 with a message on bad input."""
-    args = build_parser(prog).parse_args(argv)
-    try:
-        report = run(args)
-    except (ValueError, RuntimeError, OSError) as error:
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        return 1
-    print(format_report(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    return 0
-
-
-def run(args: argparse.Namespace) -> dict:
-    """Build both models, time them and return the report as a JSON-ready dict."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.dtype != "fp32" and device.type == "cpu" and not _cpu_supports_bf16():
-        raise RuntimeError("this CPU has no bfloat16 matrix support")
-    arch, num_classes = _model_arch(args.model)
-    height, width = args.input_size
-
+def run(options: BenchmarkOptions) -> dict:
+    """Build the models, time them and return the report as a JSON-ready dict."""
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    device = resolve_device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if options.dtype != "fp32" and device.type == "cpu" and not _cpu_supports_bf16():
+        raise DeviceError("this CPU has no bfloat16 matrix support; use --dtype fp32")
+    ref = resolve_model(options.model)
     torch.manual_seed(0)
-    ours = DaViTClassifier(arch, num_classes=num_classes)
-    flops = count_flops(ours, (height, width))
+    ours = DaViTClassifier(ref.arch, num_classes=ref.num_classes)
+    flops = count_flops(ours, options.input_size)
     flops_per_image = 2 * (flops["flops"] + flops["head_flops"])
-    flops_per_step = flops_per_image * args.batch_size * (3 if args.mode == "train" else 1)
-    models = {"davit": ours}
-    if not args.no_timm:
-        reference = timm_reference(arch, num_classes, ours.state_dict())
-        if reference is not None:
-            models["timm"] = reference
+    flops_per_step = flops_per_image * options.batch_size * (3 if options.mode == "train" else 1)
+    models: dict[str, nn.Module] = {"davit": ours}
+    if options.timm:
+        models["timm"] = timm_reference(ref.arch, ref.num_classes, ours.state_dict())
 
-    weight_dtype = torch.bfloat16 if args.dtype == "pure-bf16" else torch.float32
-    generator = torch.Generator().manual_seed(1)
-    images = torch.randn(args.batch_size, 3, height, width, generator=generator)
-    labels = torch.randint(0, max(num_classes, 1), (args.batch_size,), generator=generator)
-    images, labels = images.to(device, weight_dtype), labels.to(device)
-    steps = {name: make_step(model.to(device, weight_dtype), images, labels, args.mode,
-                             autocast=args.dtype == "bf16", compile_model=args.compile)
-             for name, model in models.items()}
-
-    ceiling_dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
+    steps = _steps(models, options, ref.num_classes, device)
+    ceiling_dtype = torch.float32 if options.dtype == "fp32" else torch.bfloat16
     steps["matmul"] = matmul_step(device, ceiling_dtype)
-    seconds = time_alternately(steps, args.repeats, args.warmup, device)
+    seconds = time_alternately(steps, options.repeats, options.warmup, device)
     ceiling = 2 * CEILING_SIZE ** 3 / min(seconds.pop("matmul")) / 1e9
     del steps["matmul"]
-    timings = {name: Timing(name, seconds[name], args.batch_size, flops_per_step, ceiling,
+    timings = {name: Timing(name, seconds[name], options.batch_size, flops_per_step, ceiling,
                             peak_memory(step, device))
                for name, step in steps.items()}
-    report = {
-        "config": {"model": args.model, "arch": arch.to_dict(), "num_classes": num_classes,
-                   "batch_size": args.batch_size, "input_size": [height, width],
-                   "dtype": args.dtype, "mode": args.mode, "compile": args.compile,
-                   "threads": torch.get_num_threads(), "repeats": args.repeats,
-                   "warmup": args.warmup, "device": str(device), "torch": torch.__version__,
-                   "timm": _timm_version()},
-        "flops_per_image": flops_per_image,
-        "flops_per_step": flops_per_step,
-        "ceiling_gflops": ceiling,
-        "results": {name: asdict(t) for name, t in timings.items()},
-    }
+    config = {"model": options.model, "arch": ref.arch.to_dict(), "num_classes": ref.num_classes,
+              "batch_size": options.batch_size, "input_size": list(options.input_size),
+              "dtype": options.dtype, "mode": options.mode, "compile": options.compile,
+              "threads": torch.get_num_threads(), "repeats": options.repeats,
+              "warmup": options.warmup, "device": str(device), "torch": torch.__version__,
+              "timm": _timm_version()}
+    report = {"config": config, "flops_per_image": flops_per_image,
+              "flops_per_step": flops_per_step, "ceiling_gflops": ceiling,
+              "results": {name: asdict(t) for name, t in timings.items()}}
     if "timm" in timings:
         ours_ips, timm_ips = timings["davit"].images_per_second, timings["timm"].images_per_second
         report["speedup_vs_timm"] = ours_ips["median"] / timm_ips["median"]
@@ -169,13 +142,25 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
-def timm_reference(arch: DaViTArch, num_classes: int,
-                   state_dict: dict[str, Tensor]) -> nn.Module | None:
-    """timm's DaViT with ``state_dict`` (this library's keys) loaded; None without timm."""
-    try:
-        from timm.models.davit import DaVit
-    except ImportError:
-        return None
+def _steps(models: dict[str, nn.Module], options: BenchmarkOptions, num_classes: int,
+           device: torch.device) -> dict[str, Callable[[], object]]:
+    """One step function per model, all on the same random images (and labels)."""
+    weight_dtype = torch.bfloat16 if options.dtype == "pure-bf16" else torch.float32
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(options.batch_size, 3, *options.input_size, generator=generator)
+    labels = torch.randint(0, max(num_classes, 1), (options.batch_size,), generator=generator)
+    images, labels = images.to(device, weight_dtype), labels.to(device)
+    return {name: make_step(model.to(device, weight_dtype), images, labels, options.mode,
+                            autocast=options.dtype == "bf16", compile_model=options.compile)
+            for name, model in models.items()}
+
+
+def timm_reference(arch: DaViTArch, num_classes: int, state_dict: dict[str, Tensor]) -> nn.Module:
+    """timm's DaViT with ``state_dict`` (this library's keys) loaded; timm is an optional
+    dependency, so it is imported only here."""
+    require("timm", "benchmark", "timing timm's DaViT")
+    from timm.models.davit import DaVit
+
     model = DaVit(depths=arch.depths, embed_dims=arch.embed_dims, num_heads=arch.num_heads,
                   window_size=arch.window_size, mlp_ratio=arch.mlp_ratio, num_classes=num_classes)
     model.load_state_dict(from_davit(state_dict, "timm"))
@@ -208,7 +193,7 @@ def make_step(model: nn.Module, images: Tensor, labels: Tensor, mode: str, autoc
     return train_step
 
 
-def time_alternately(steps: dict[str, Callable[[], None]], repeats: int, warmup: int,
+def time_alternately(steps: dict[str, Callable[[], object]], repeats: int, warmup: int,
                      device: torch.device) -> dict[str, list[float]]:
     """Seconds per step of each model; the order alternates from one repeat to the next."""
     names = list(steps)
@@ -226,7 +211,7 @@ def time_alternately(steps: dict[str, Callable[[], None]], repeats: int, warmup:
     return seconds
 
 
-def peak_memory(step: Callable[[], None], device: torch.device) -> int:
+def peak_memory(step: Callable[[], object], device: torch.device) -> int:
     """Bytes allocated at the peak of one step beyond what was allocated before it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -275,7 +260,7 @@ def _without_profiler_chatter() -> Iterator[None]:
 
 
 def matmul_step(device: torch.device, dtype: torch.dtype,
-                size: int = CEILING_SIZE) -> Callable[[], None]:
+                size: int = CEILING_SIZE) -> Callable[[], object]:
     """One (size x size) @ (size x size) product: timed with the models, its fastest run gives the
     matmul ceiling."""
     a = torch.randn(size, size, device=device).to(dtype)
@@ -307,20 +292,9 @@ def format_report(report: dict) -> str:
     if "speedup_vs_timm" in report:
         lines += ["", f"davit / timm: {report['speedup_vs_timm']:.2f}x (median images/s), "
                       f"{report['speedup_vs_timm_best']:.2f}x (best step)"]
-    elif "timm" not in report["results"]:
-        lines += ["", "timm is not installed (or --no-timm): no reference timing"]
+    else:
+        lines += ["", "--no-timm: no reference timing"]
     return "\n".join(lines)
-
-
-def _model_arch(model: str) -> tuple[DaViTArch, int]:
-    if model.lstrip().startswith("{"):
-        try:
-            spec = json.loads(model)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"--model is not valid JSON: {error}") from None
-        return resolve_arch(spec), 1000
-    arch, num_classes, _ = _resolve(model)
-    return resolve_arch(arch), num_classes
 
 
 def _cpu_supports_bf16() -> bool:
@@ -333,8 +307,8 @@ def _synchronize(device: torch.device) -> None:
 
 
 def _timm_version() -> str | None:
+    """The installed timm's version, read without importing it."""
     try:
-        import timm
-    except ImportError:
+        return importlib.metadata.version("timm")
+    except importlib.metadata.PackageNotFoundError:
         return None
-    return timm.__version__

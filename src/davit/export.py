@@ -8,12 +8,9 @@ import torch
 from torch import nn
 
 from .checkpoint.io import replacing
+from .errors import ExportError, InvalidArgumentError, require
 
 logger = logging.getLogger("davit")
-
-
-class ExportError(RuntimeError):
-    """An export that failed, or whose ONNX outputs disagree with the PyTorch model."""
 
 
 def export_onnx(model: nn.Module, path: str | Path, input_size: tuple[int, int] = (224, 224),
@@ -24,14 +21,12 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: tuple[int, int] 
     ``dynamic_batch=False``. With ``verify`` the file is run with onnxruntime on a batch of 2 random
     images and must match PyTorch within ``atol`` (relative to the largest logit).
     """
-    try:
-        import onnxscript  # noqa: F401  (the exporter needs it)
-    except ImportError as error:
-        raise ExportError("ONNX export needs the `onnx` and `onnxscript` packages: "
-                          "pip install 'davit[export]'") from error
     path = Path(path)
     if path.suffix != ".onnx":
-        raise ValueError(f"the output file must end in .onnx, got {path}")
+        raise InvalidArgumentError(f"the output file must end in .onnx, got {path}")
+    require("onnxscript", "export", "ONNX export")  # the exporter builds the graph with onnxscript
+    if verify:
+        require("onnxruntime", "export", "checking the export (skipped with --no-verify)")
     height, width = input_size
     model = model.eval().float().cpu()
     example = torch.randn(2, 3, height, width)
@@ -40,6 +35,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: tuple[int, int] 
     with replacing(path, suffix=".part") as tmp:
         program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=dynamic_shapes,
                                     input_names=["images"], output_names=["logits"], verbose=False)
+        assert program is not None  # dynamo=True always returns the program
         program.save(str(tmp))
         if verify:
             _verify(model, tmp, example, atol)
@@ -47,11 +43,9 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: tuple[int, int] 
 
 
 def _verify(model: nn.Module, path: Path, example: torch.Tensor, atol: float) -> None:
-    try:
-        import onnxruntime
-    except ImportError as error:
-        raise ExportError("verifying the export needs onnxruntime (pip install 'davit[export]'), "
-                          "or pass verify=False / --no-verify") from error
+    """Run the file with onnxruntime and refuse it when its logits differ from PyTorch's."""
+    import onnxruntime
+
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {session.get_inputs()[0].name: example.numpy()})
     with torch.no_grad():

@@ -67,14 +67,15 @@ def resolve_weights(source: str | Path) -> str:
     """Where the weights named by ``source`` live: a zoo name's published weights, or ``source``
     itself when it is an existing file, an http(s) URL or an ``hf-hub:`` name."""
     text = str(source)
-    if text in MODELS and MODELS[text].weights is not None:
-        return str(MODELS[text].weights)
+    if text in MODELS or text in ARCHS:  # a model's name wins over a file of that name
+        weights = MODELS[text].weights if text in MODELS else None
+        if weights is None:
+            raise InvalidArgumentError(
+                f"{text!r} has no published weights; give a checkpoint file, URL or hf-hub: name, "
+                "or a name from `davit list --pretrained`")
+        return weights
     if _REMOTE.match(text) or Path(text).expanduser().is_file():
         return text
-    if text in MODELS or text in ARCHS:
-        raise InvalidArgumentError(
-            f"{text!r} has no published weights; give a checkpoint file, URL or hf-hub: name, "
-            "or a name from `davit list --pretrained`")
     raise CheckpointNotFoundError(
         f"checkpoint {text!r} does not exist: it is neither a file, an http(s) URL, an hf-hub: "
         "name nor a model name with published weights (`davit list --pretrained`)")

@@ -1,7 +1,9 @@
-"""argparse value types shared by the command-line entry points."""
+"""argparse value types and the options that several subcommands share, spelled once."""
 from __future__ import annotations
 
 import argparse
+
+from ..model import SEMANTICS
 
 
 def positive_int(text: str) -> int:
@@ -16,3 +18,20 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be zero or a positive integer, got {text}")
     return value
+
+
+def add_input_size(parser: argparse.ArgumentParser) -> None:
+    """``--input-size H W`` (default 224 224)."""
+    parser.add_argument("--input-size", nargs=2, type=positive_int, default=[224, 224],
+                        metavar=("H", "W"))
+
+
+def add_semantics(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    """``--semantics official|mmpretrain`` (default official)."""
+    parser.add_argument("--semantics", choices=SEMANTICS, default="official", help=help)
+
+
+def add_checkpoint(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint SOURCE``: weights other than the model's published ones."""
+    parser.add_argument("--checkpoint",
+                        help="weights: path, URL or hf-hub: name (default: the model's)")

@@ -1,0 +1,31 @@
+"""``davit export``: write a classifier as ONNX, checked against PyTorch with onnxruntime."""
+from __future__ import annotations
+
+import argparse
+
+from ..api import get_model
+from ..export import export_onnx
+from .argtypes import add_checkpoint, add_input_size, add_semantics, positive_int
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("export", help="export a model to ONNX (checked with onnxruntime)")
+    parser.add_argument("model", help="model or architecture name")
+    parser.add_argument("output", help="output .onnx file")
+    add_checkpoint(parser)
+    parser.add_argument("--random-weights", action="store_true", help="export without weights")
+    parser.add_argument("--num-classes", type=positive_int, help="default: the checkpoint's")
+    add_input_size(parser)
+    add_semantics(parser)
+    parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    pretrained = args.checkpoint if args.checkpoint else not args.random_weights
+    model = get_model(args.model, pretrained=pretrained, semantics=args.semantics,
+                      num_classes=args.num_classes)
+    out = export_onnx(model, args.output, tuple(args.input_size), verify=not args.no_verify)
+    print(f"wrote {out}")
+    return 0

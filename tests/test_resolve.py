@@ -1,0 +1,90 @@
+"""One resolver for model names, weights sources and devices."""
+import pytest
+import torch
+
+from davit.errors import CheckpointNotFoundError, DeviceError, InvalidArgumentError, UnknownModelError
+from davit.model import ARCHS, DaViTArch
+from davit.resolve import ModelRef, fetch_weights, resolve_device, resolve_model, resolve_weights
+
+MINI = {"embed_dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8]}
+MINI_ARCH = DaViTArch((8, 16, 32, 64), (1, 1, 1, 1), (1, 2, 4, 8))
+
+
+def test_zoo_name():
+    ref = resolve_model("davit-small_3rdparty_in1k")
+    assert ref.arch == ARCHS["small"] and ref.num_classes == 1000
+    assert ref.weights.startswith("https://download.openmmlab.com/") and ref.weights.endswith(".pth")
+    assert resolve_model("davit-base_msft_in1k").weights == "hf-hub:timm/davit_base.msft_in1k"
+    assert resolve_model("davit-giant") == ModelRef(ARCHS["giant"])
+
+
+def test_architecture_name():
+    assert resolve_model("tiny") == ModelRef(ARCHS["tiny"], 1000, None)
+
+
+def test_json_dict_and_arch_mean_the_same():
+    text = '{"embed_dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8]}'
+    assert resolve_model(f"  {text}") == resolve_model(MINI) == resolve_model(MINI_ARCH) == ModelRef(MINI_ARCH)
+
+
+@pytest.mark.parametrize("model, message", [
+    ('{"embed_dims": [8, 16', "not valid JSON"),
+    ({**MINI, "depth": 3}, "unknown architecture fields"),
+    ({"embed_dims": [8, 16, 32, 64]}, "needs"),
+    (42, "must be a name, a dict or a DaViTArch"),
+])
+def test_bad_architectures_are_invalid_arguments(model, message):
+    with pytest.raises(InvalidArgumentError, match=message):
+        resolve_model(model)
+
+
+def test_unknown_name_suggests_close_ones():
+    with pytest.raises(UnknownModelError, match="Did you mean 'davit-tiny_3rdparty_in1k'"):
+        resolve_model("davit-tiny_3rdparty_in1")
+    with pytest.raises(ValueError, match="davit list"):  # still a ValueError for Python callers
+        resolve_model("resnet50")
+
+
+def test_weights_of_a_zoo_name_a_url_a_hub_name_and_a_file(tmp_path):
+    assert resolve_weights("davit-tiny_msft_in1k") == "hf-hub:timm/davit_tiny.msft_in1k"
+    url = "https://example.com/weights.pth"
+    assert resolve_weights(url) == url
+    assert resolve_weights("hf-hub:someone/model") == "hf-hub:someone/model"
+    path = tmp_path / "w.pth"
+    path.write_bytes(b"")
+    assert resolve_weights(path) == str(path)
+    assert fetch_weights(str(path)) == path
+
+
+@pytest.mark.parametrize("name", ["davit-giant", "tiny"])
+def test_weights_of_a_name_without_weights(name):
+    with pytest.raises(InvalidArgumentError, match=f"'{name}' has no published weights"):
+        resolve_weights(name)
+
+
+def test_missing_file(tmp_path):
+    missing = tmp_path / "nowhere.pth"
+    with pytest.raises(CheckpointNotFoundError, match="does not exist") as info:
+        fetch_weights(missing)
+    assert isinstance(info.value, FileNotFoundError)
+
+
+def test_devices():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("meta")) == torch.device("meta")
+    with pytest.raises(InvalidArgumentError, match="unknown device 'gpu'"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+    with pytest.raises(DeviceError):
+        resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_a_model_name_wins_over_a_file_of_that_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").write_bytes(b"")
+    (tmp_path / "davit-tiny_msft_in1k").write_bytes(b"")
+    with pytest.raises(InvalidArgumentError, match="no published weights"):
+        resolve_weights("tiny")
+    assert resolve_weights("davit-tiny_msft_in1k") == "hf-hub:timm/davit_tiny.msft_in1k"
