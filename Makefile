@@ -2,21 +2,37 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install test demo clean
+.PHONY: install install-dev demo test lint clean
 
-install: $(VENV)/.installed
+# The core package: what inference needs (torch, torchvision, pillow, numpy, safetensors,
+# huggingface_hub, tqdm).
+install: $(VENV)/.installed-core
 
-$(VENV)/.installed: pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+# Everything: every extra, plus the test, lint and type-check tools.
+install-dev: $(VENV)/.installed-dev
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-core: pyproject.toml | $(BIN)/python
+	$(PIP) -e .
 	touch $@
 
-test: install
-	$(BIN)/python -m pytest
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[test]'
+	touch $@ $(VENV)/.installed-core
 
 demo: install
 	$(BIN)/davit predict demo/cat.jpg demo/coffee.jpg --model davit-tiny_3rdparty_in1k --topk 3
+
+test: install-dev
+	$(BIN)/python -m pytest
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
