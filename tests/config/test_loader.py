@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 
 from davit.config import ConfigError, dump_config, format_config, load_config
+from tests.paths import REPO
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = REPO / "configs"
 SEEDS = {
     "tiny": ("davit-tiny_4xb256_in1k.py", 0.1, 768),
     "small": ("davit-small_4xb256_in1k.py", 0.2, 768),

@@ -18,12 +18,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ..errors import ConfigError
+
 _SCALARS = {str, int, float, bool, type(None)}
 _WORDS = {"true": True, "false": False, "none": None}
-
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be loaded or applied."""
 
 
 def load_config(path: str | Path, overrides: list[str] | dict | None = None) -> dict:
@@ -181,7 +179,7 @@ class _BareWords(ast.NodeTransformer):
 
     def visit_Name(self, node: ast.Name) -> ast.Constant:
         word = node.id.lower()
-        return ast.Constant(_WORDS[word] if word in _WORDS else node.id)
+        return ast.Constant(_WORDS.get(word, node.id))
 
 
 def _parse_value(text: str) -> Any:

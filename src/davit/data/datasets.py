@@ -118,15 +118,16 @@ class AnnotatedImageDataset(LabelledImageDataset):
     relative to ``img_root`` (it may contain spaces; the label follows the last one)."""
 
     def __init__(self, ann_file: str | Path, img_root: str | Path, transform: Transform,
-                 classes: list[str] | None = None, num_classes: int | None = None) -> None:
+                 classes: list[str] | None = None, num_classes: int | None = None,
+                 section: str = "test_dataloader") -> None:
         ann_file, img_root = Path(ann_file), Path(img_root)
         if not ann_file.is_file():
             raise DatasetError(f"annotation file {ann_file} does not exist; create it (one "
                                "'relative/path label' line per image) or set "
-                               "test_dataloader.dataset.ann_file")
+                               f"{section}.dataset.ann_file")
         if not img_root.is_dir():
             raise DatasetError(f"image folder {img_root} does not exist; the paths in {ann_file} "
-                               "are relative to it (set test_dataloader.dataset.data_prefix)")
+                               f"are relative to it (set {section}.dataset.data_prefix)")
         samples, self.line_numbers = [], []
         with open(ann_file, encoding="utf-8") as f:
             for number, line in enumerate(f, start=1):
@@ -156,18 +157,19 @@ class ClassFolderDataset(LabelledImageDataset):
     """
 
     def __init__(self, root: str | Path, transform: Transform, classes: list[str] | None = None,
-                 num_classes: int | None = None, imagenet_synsets: bool = False) -> None:
+                 num_classes: int | None = None, imagenet_synsets: bool = False,
+                 section: str = "test_dataloader") -> None:
         root = Path(root)
         if not root.is_dir():
             raise DatasetError(f"image folder {root} does not exist; set "
-                               "test_dataloader.dataset.data_root / data_prefix")
+                               f"{section}.dataset.data_root / data_prefix")
         folders = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
         if not folders:
             raise DatasetError(f"{root} has no class sub-folders and no annotation file was "
                                "given; put each class's images in a sub-folder, or set "
-                               "test_dataloader.dataset.ann_file")
+                               f"{section}.dataset.ann_file")
         if imagenet_synsets:
-            labels = _synset_labels(root, folders)
+            labels = _synset_labels(root, folders, section)
             classes = imagenet_classes()
         else:
             labels = {folder: i for i, folder in enumerate(folders)}
@@ -195,14 +197,14 @@ class ClassFolderDataset(LabelledImageDataset):
         super().__init__(samples, transform, classes, num_classes, source=str(root))
 
 
-def _synset_labels(root: Path, folders: list[str]) -> dict[str, int]:
+def _synset_labels(root: Path, folders: list[str], section: str) -> dict[str, int]:
     index = {synset: i for i, synset in enumerate(imagenet_synsets())}
     unknown = [f for f in folders if f not in index]
     if unknown:
         shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         raise DatasetError(f"{root}: an ImageNet dataset's class folders must be WordNet ids "
                            f"such as n01440764, but {shown} is not one; for other classes set "
-                           "test_dataloader.dataset.type=CustomDataset")
+                           f"{section}.dataset.type=CustomDataset")
     return {folder: index[folder] for folder in folders}
 
 
@@ -216,8 +218,10 @@ def _image_files(folder: Path) -> list[str]:
     return sorted(found)
 
 
-def build_dataset(cfg: dict, transform: Transform, num_classes: int | None = None) -> LabelledImageDataset:
-    """The dataset an mmpretrain ``test_dataloader.dataset`` dict describes.
+def build_dataset(cfg: dict, transform: Transform, num_classes: int | None = None,
+                  section: str = "test_dataloader") -> LabelledImageDataset:
+    """The dataset an mmpretrain ``<section>.dataset`` dict describes (``section`` is the config
+    key that messages name: ``test_dataloader``, ``val_dataloader`` or ``train_dataloader``).
 
     ``type`` is ``ImageNet`` (ImageNet-1k class names; ``split`` picks ``<split>/`` and, when it
     exists, ``meta/<split>.txt``) or ``CustomDataset`` (class names from ``classes`` or the
@@ -232,13 +236,13 @@ def build_dataset(cfg: dict, transform: Transform, num_classes: int | None = Non
                                "metainfo", "with_label", "extensions"}
     unknown = sorted(set(cfg) - known)
     if unknown:
-        raise DatasetError(f"test_dataloader.dataset has options this evaluator does not "
+        raise DatasetError(f"{section}.dataset has options this evaluator does not "
                            f"support: {unknown}; remove them from the config")
     if not cfg.get("with_label", True):
         raise DatasetError("the dataset has with_label=False; evaluation needs labelled images")
     if tuple(cfg.get("extensions", IMAGE_EXTENSIONS)) != IMAGE_EXTENSIONS:
         raise DatasetError(f"only the default image extensions {list(IMAGE_EXTENSIONS)} are "
-                           "supported; remove test_dataloader.dataset.extensions")
+                           f"supported; remove {section}.dataset.extensions")
 
     data_root = Path(os.path.expanduser(cfg.get("data_root", "")))
     ann_file = cfg.get("ann_file", "")
@@ -259,27 +263,27 @@ def build_dataset(cfg: dict, transform: Transform, num_classes: int | None = Non
     if not data_root.is_dir():
         raise DatasetError(f"the data root {data_root} does not exist (looked in "
                            f"{data_root.resolve()}); put the dataset there or set "
-                           "test_dataloader.dataset.data_root")
+                           f"{section}.dataset.data_root")
     img_root = data_root / os.path.expanduser(prefix)
-    classes = _configured_classes(cfg)
+    classes = _configured_classes(cfg, section)
     if kind == "ImageNet":
         if classes is not None:
             raise DatasetError("an ImageNet dataset has the ImageNet-1k class names; drop "
-                               "'classes' or set test_dataloader.dataset.type=CustomDataset")
+                               f"'classes' or set {section}.dataset.type=CustomDataset")
         classes = imagenet_classes()
     if ann_file:
         return AnnotatedImageDataset(data_root / os.path.expanduser(ann_file), img_root, transform,
-                                     classes, num_classes)
+                                     classes, num_classes, section)
     return ClassFolderDataset(img_root, transform, classes if kind == "CustomDataset" else None,
-                              num_classes, imagenet_synsets=kind == "ImageNet")
+                              num_classes, imagenet_synsets=kind == "ImageNet", section=section)
 
 
-def _configured_classes(cfg: dict) -> list[str] | None:
+def _configured_classes(cfg: dict, section: str) -> list[str] | None:
     classes = cfg.get("classes")
     metainfo = cfg.get("metainfo") or {}
     unknown = sorted(set(metainfo) - {"classes"})
     if unknown:
-        raise DatasetError(f"test_dataloader.dataset.metainfo keys {unknown} are not supported; "
+        raise DatasetError(f"{section}.dataset.metainfo keys {unknown} are not supported; "
                            "only 'classes' is")
     if classes is not None and "classes" in metainfo:
         raise DatasetError("give the class names once: 'classes' or 'metainfo.classes'")

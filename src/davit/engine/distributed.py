@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from ..errors import DeviceError, InvalidArgumentError
+
 
 def env_world_size() -> int:
     """The process count torchrun set (``WORLD_SIZE``), 1 outside torchrun."""
@@ -21,6 +23,23 @@ def env_local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def select_device(requested: str | None) -> torch.device:
+    """This process's device: ``requested`` or cuda when available, under torchrun the local GPU."""
+    try:
+        device = torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as error:
+        raise InvalidArgumentError(f"--device {requested}: {error}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError("CUDA is not available on this machine; use --device cpu")
+        if env_world_size() > 1:
+            if device.index is not None:
+                raise InvalidArgumentError("under torchrun pass --device cuda: each process uses "
+                                           "the GPU numbered by its LOCAL_RANK")
+            device = torch.device("cuda", env_local_rank())
+    return device
+
+
 def init_distributed(device: torch.device) -> None:
     """Join the process group torchrun describes: NCCL for CUDA devices, gloo otherwise.
 
@@ -30,7 +49,7 @@ def init_distributed(device: torch.device) -> None:
         return
     missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
-        raise RuntimeError(f"WORLD_SIZE is set but {', '.join(missing)} is not; start several "
+        raise DeviceError(f"WORLD_SIZE is set but {', '.join(missing)} is not; start several "
                            "processes with torchrun --nproc_per_node N")
     if device.type == "cuda":
         torch.cuda.set_device(device)

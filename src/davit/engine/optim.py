@@ -1,50 +1,23 @@
 """Optimizer, parameter-wise weight decay and learning-rate schedule from an mmpretrain config.
 
-``optim_wrapper`` gives the optimizer (``AdamW`` or ``SGD``), ``paramwise_cfg`` (weight-decay
-multipliers for norms, biases, 1-D parameters and ``custom_keys``), ``clip_grad`` and
-``accumulative_counts``; ``param_scheduler`` a list of ``LinearLR`` / ``CosineAnnealingLR`` phases
-(mmengine's semantics), run here as one closed-form factor per optimizer step.
+``optim_wrapper`` gives the optimizer (``AdamW`` or ``SGD``) and ``paramwise_cfg`` (weight-decay
+multipliers for norms, biases, 1-D parameters and ``custom_keys``); ``param_scheduler`` a list of
+``LinearLR`` / ``CosineAnnealingLR`` phases (mmengine's semantics), run here as one closed-form
+factor per optimizer step. The step options (``clip_grad``, ``accumulative_counts``, AMP) are
+checked by :func:`davit.config.training.optim_spec`.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 _OPTIMIZERS = {"AdamW": torch.optim.AdamW, "SGD": torch.optim.SGD}
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
-
-@dataclass(frozen=True)
-class OptimSettings:
-    """The training-step options of ``optim_wrapper``."""
-
-    clip_grad: float | None
-    accumulation: int
-
-
-def optim_settings(optim_wrapper: dict) -> OptimSettings:
-    """Gradient clipping (``clip_grad=dict(max_norm=...)``) and accumulation
-    (``accumulative_counts``) from ``optim_wrapper``."""
-    clip = optim_wrapper.get("clip_grad")
-    max_norm = None
-    if clip is not None:
-        unknown = sorted(set(clip) - {"max_norm", "norm_type", "type"})
-        if unknown or clip.get("norm_type", 2) != 2 or clip.get("type", "norm") != "norm":
-            raise ConfigError("optim_wrapper.clip_grad supports dict(max_norm=...) (the L2 norm "
-                              "of all gradients) only")
-        max_norm = float(clip["max_norm"])
-        if max_norm <= 0:
-            raise ConfigError(f"optim_wrapper.clip_grad.max_norm must be positive, got {max_norm}")
-    counts = optim_wrapper.get("accumulative_counts", 1)
-    if not isinstance(counts, int) or counts < 1:
-        raise ConfigError(f"optim_wrapper.accumulative_counts must be a positive integer, got {counts!r}")
-    return OptimSettings(max_norm, counts)
 
 
 def scaled_lr(optim_wrapper: dict, auto_scale_lr: dict | None, total_batch: int) -> float:
@@ -138,7 +111,7 @@ class LRSchedule:
 
     def __init__(self, phases: list[dict], steps_per_epoch: int, max_epochs: int, base_lr: float) -> None:
         self.steps_per_epoch = steps_per_epoch
-        self.phases = []
+        self.phases: list[dict[str, Any]] = []
         for i, phase in enumerate(phases):
             o = dict(phase)
             kind = o.pop("type", None)

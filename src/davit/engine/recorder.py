@@ -1,11 +1,13 @@
-"""Training records: JSON lines, TensorBoard events and a PNG of the curves, in the work dir."""
+"""Training records: JSON lines, TensorBoard events and a PNG of the curves (drawn by
+:mod:`.reports`), in the work dir."""
 from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
+
+from .reports import plot_training_curves
 
 logger = logging.getLogger("davit")
 
@@ -53,33 +55,10 @@ class TrainRecorder:
                     self.writer.add_scalar(f"{record['mode']}/{key}", value, record["step"])
 
     def plot(self) -> None:
-        """Draw loss, learning rate and validation accuracy against the step into curves.png."""
-        from matplotlib.figure import Figure
-
-        train = [r for r in self.records if r["mode"] == "train"]
-        val = [r for r in self.records if r["mode"] == "val"]
-        fig = Figure(figsize=(13, 3.6))
-        loss_ax, lr_ax, acc_ax = fig.subplots(1, 3)
-        loss_ax.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1)
-        loss_ax.set(title="training loss", xlabel="step")
-        lr_ax.plot([r["step"] for r in train], [r["lr"] for r in train], lw=1)
-        lr_ax.set(title="learning rate", xlabel="step")
-        for key in sorted({k for r in val for k in r if "accuracy/" in k}):
-            points = [(r["epoch"], r[key]) for r in val if _finite(r.get(key))]
-            if points:
-                acc_ax.plot(*zip(*points), marker="o", ms=3, label=key)
-        acc_ax.set(title="validation accuracy (%)", xlabel="epoch")
-        if acc_ax.lines:
-            acc_ax.legend()
-        fig.tight_layout()
-        tmp = self.curves.with_name(f".{self.curves.name}.tmp.png")
-        fig.savefig(tmp, dpi=90)
-        tmp.replace(self.curves)
+        """Redraw curves.png from every record so far."""
+        plot_training_curves(self.records, self.curves)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
 
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -4,10 +4,12 @@
 process) and gives every draw its own random seed, derived from the run's seed, the epoch and the
 image. :class:`SeededDataset` runs the decoding and augmentation of a draw under that seed, so the
 augmentation of an image does not depend on the number of loader workers, and a run resumed in
-the middle of an epoch sees exactly the images it would have seen.
+the middle of an epoch sees exactly the images it would have seen. :func:`run_seed` and
+:func:`seed_process` seed the run and each process's generators.
 """
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +19,10 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 
 from ..data.datasets import DatasetError, LabelledImageDataset
+from . import distributed
+from .train_checkpoint import set_rng_state
 
+logger = logging.getLogger("davit")
 
 _MASK = (1 << 64) - 1
 
@@ -43,7 +48,7 @@ class TrainSampler(DistributedSampler):
         """Skip the first ``start`` draws of the epoch (those a resumed run has already seen)."""
         self.start = start
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         indices = list(super().__iter__())[self.start:]
         return ((index, sample_seed(self.seed, self.epoch, index)) for index in indices)
 
@@ -90,6 +95,39 @@ class SeededDataset(Dataset):
                 sample = self.dataset[(index + offset) % len(self.dataset)]
                 if sample.image is not None:
                     return sample.image, sample.label, errors
-                errors.append(sample.error)
+                errors.append(sample.error or f"image {index + offset} could not be read")
         raise DatasetError(f"{len(errors)} training images in a row could not be read, starting "
                            f"with {errors[0]}; check the dataset's files")
+
+
+def run_seed(requested: int | None, configured: int | None, checkpoint: dict | None) -> int:
+    """The run's seed: a resumed run's own, else --seed, randomness.seed or a random one (the
+    same on every process)."""
+    if checkpoint is not None:
+        return int(checkpoint["meta"]["seed"])
+    if requested is not None:
+        return requested
+    if configured is not None:
+        return int(configured)
+    return int(distributed.gather_objects(random.SystemRandom().randrange(2**31))[0])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def seed_process(seed: int, rank: int, checkpoint: dict | None, world: int) -> None:
+    """Per-process generators for dropout, drop path and Mixup/CutMix: from the checkpoint when
+    resuming with as many processes, else from the seed and the rank."""
+    if checkpoint is not None:
+        states = checkpoint["rng"]
+        if len(states) == world:
+            set_rng_state(states[rank])
+            return
+        logger.warning("the checkpoint was written by %d process(es), this run has %d: random "
+                       "streams restart from the seed, so the run will not repeat exactly",
+                       len(states), world)
+        seed += 1_000_003 * int(checkpoint["iteration"])
+    seed_everything(seed + rank)

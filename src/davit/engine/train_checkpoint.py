@@ -1,21 +1,34 @@
-"""Training checkpoints: atomic writes, random-generator states, rotation and ``latest``/``best``.
+"""The layout of training checkpoints: what is saved, how it is written and how a run resumes.
 
 A checkpoint is a dict of tensors and plain containers, readable with
-``torch.load(weights_only=True)``; its ``state_dict`` entry is the model in this library's key
-format, so :func:`davit.get_model` and ``tools/test.py`` load it directly.
+``torch.load(weights_only=True)``: ``state_dict`` (the model in this library's key format, so
+:func:`davit.get_model` and ``tools/test.py`` load it directly), ``optimizer``, ``scheduler``,
+``scaler``, ``state_dict_ema`` and ``ema_n_averaged``, the counters ``epoch``, ``epoch_iter``
+and ``iteration``, ``rng`` (every process's generator states), ``best``, ``metrics`` and
+``meta`` (seed, process count, batch size, model and config). Files are written atomically;
+``latest.pth`` and ``best.pth`` are links to the newest and the best one.
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
-from ..checkpoint.io import CheckpointError, replacing
+from ..checkpoint.io import replacing
+from ..checkpoint.load import load_into
+from ..config import format_config
+from ..config.specs import ModelSpec
+from ..errors import CheckpointError, CheckpointMismatchError, CheckpointNotFoundError
+from . import distributed
+from .state import TrainState
+
+logger = logging.getLogger("davit")
 
 LATEST = "latest.pth"
 BEST = "best.pth"
@@ -48,7 +61,8 @@ def link_atomic(source: Path, path: Path) -> None:
 def rng_state() -> dict[str, Any]:
     """This process's Python, NumPy, torch and CUDA generator states as tensors and lists."""
     version, internal, gauss = random.getstate()
-    kind, keys, position, has_gauss, cached = np.random.get_state()
+    numpy_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
+    kind, keys, position, has_gauss, cached = numpy_state
     state = {
         "python": [version, list(internal), gauss],
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss),
@@ -75,8 +89,9 @@ def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
     file is missing, unreadable or holds only weights."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"cannot resume: {path} does not exist; pass a checkpoint written "
-                                "by tools/train.py (work_dirs/<config>/latest.pth) or --resume auto")
+        raise CheckpointNotFoundError(
+            f"cannot resume: {path} does not exist; pass a checkpoint written by tools/train.py "
+            "(work_dirs/<config>/latest.pth) or --resume auto")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -98,3 +113,86 @@ def prune(work_dir: Path, pattern: str, keep: int) -> None:
     found = sorted((int(m.group(1)), p) for p in work_dir.iterdir() if (m := regex.match(p.name)))
     for _, path in found[:-keep]:
         path.unlink(missing_ok=True)
+
+
+def resume_source(requested: str | None, cfg_resume: Any, load_from: Any, work_dir: Path) -> Path | None:
+    """The checkpoint to resume from: --resume PATH, or latest.pth for --resume auto (and for the
+    config's ``resume=True``, which like mmengine's takes ``load_from`` when given)."""
+    if requested is None and cfg_resume:
+        requested = str(load_from) if load_from else "auto"
+    if requested is None:
+        return None
+    if requested != "auto":
+        return Path(requested).expanduser()
+    latest = work_dir / LATEST
+    if latest.is_file():
+        return latest
+    logger.info("--resume auto: no %s in %s, starting a new run", LATEST, work_dir)
+    return None
+
+
+def run_meta(seed: int, world: int, batch_size: int, spec: ModelSpec, cfg: dict) -> dict[str, Any]:
+    """The ``meta`` entry: what a resumed run and :func:`davit.get_model` need to know."""
+    return {"seed": seed, "world_size": world, "batch_size": batch_size,
+            "arch": spec.arch.to_dict(), "num_classes": spec.num_classes,
+            "semantics": spec.semantics, "config": format_config(cfg),
+            "torch": str(torch.__version__)}
+
+
+def save_training_checkpoint(state: TrainState, path: Path, meta: dict[str, Any],
+                             metrics: dict[str, float]) -> None:
+    """Write ``state`` to ``path`` and make ``latest.pth`` (beside it) the same file. Every
+    process must call this: each sends its random states to rank 0, which writes."""
+    states = distributed.gather_objects(rng_state())
+    if distributed.is_main_process():
+        ema = state.ema
+        checkpoint = {
+            "meta": meta,
+            "state_dict": state.model.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict(),
+            "scaler": state.scaler.state_dict() if state.scaler is not None else {},
+            "state_dict_ema": ema.module.state_dict() if ema is not None else None,
+            "ema_n_averaged": ema.n_averaged if ema is not None else None,
+            "epoch": state.epoch, "epoch_iter": state.epoch_iter, "iteration": state.step,
+            "rng": states, "best": state.best, "metrics": metrics,
+        }
+        save_atomic(checkpoint, path)
+        latest = path.parent / LATEST
+        if path != latest:
+            link_atomic(path, latest)
+    distributed.barrier()
+    state.last_checkpoint = path
+
+
+def restore(checkpoint: dict, path: Path, state: TrainState, world: int, batch_size: int) -> None:
+    """Load a training checkpoint (see :func:`load_training_checkpoint`) into ``state``."""
+    try:
+        load_into(state.model, checkpoint["state_dict"])
+    except CheckpointMismatchError as error:
+        raise CheckpointError(f"cannot resume from {path}: it was written for another model. "
+                              f"{error}") from None
+    try:
+        state.optimizer.load_state_dict(checkpoint["optimizer"])
+    except ValueError as error:
+        raise CheckpointError(f"cannot resume from {path}: its optimizer state does not fit this "
+                              f"run ({error}); the frozen stages or parameter groups changed. "
+                              "Start a new run with load_from instead") from None
+    state.scheduler.load_state_dict(checkpoint["scheduler"])
+    if state.scaler is not None and checkpoint.get("scaler"):
+        state.scaler.load_state_dict(checkpoint["scaler"])
+    if state.ema is not None:
+        if checkpoint.get("state_dict_ema") is not None:
+            state.ema.module.load_state_dict(checkpoint["state_dict_ema"])
+            state.ema.n_averaged.copy_(checkpoint["ema_n_averaged"])
+        else:
+            logger.warning("%s has no EMA weights: the average starts from the resumed weights", path)
+    meta = checkpoint["meta"]
+    epoch_iter = int(checkpoint["epoch_iter"])
+    if epoch_iter and (meta.get("world_size") != world or meta.get("batch_size") != batch_size):
+        logger.warning("%s was saved in the middle of an epoch by a run with another process "
+                       "count or batch size: the epoch restarts from its first batch", path)
+        epoch_iter = 0
+    state.epoch, state.epoch_iter = int(checkpoint["epoch"]), epoch_iter
+    state.step, state.best = int(checkpoint["iteration"]), dict(checkpoint.get("best") or {})
+    state.last_checkpoint = path

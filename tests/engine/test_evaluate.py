@@ -12,13 +12,12 @@ from PIL import Image
 from davit import get_model, inference_model
 from davit.checkpoint.formats import from_davit
 from davit.cli import main as cli_main
+from davit.cli.main import run_subcommand
 from davit.data import ClassFolderDataset, build_test_transform, imagenet_synsets
-from davit.engine import evaluate
+from davit.engine import evaluate, reports
 from davit.engine.distributed import ShardSampler
-from davit.engine.evaluate import main
 from davit.model import DaViTClassifier
-
-from .conftest import REPO
+from tests.paths import REPO
 
 SEED_URL = ("https://download.openmmlab.com/mmclassification/v0/davit/"
             "davit-tiny_3rdparty_in1k_20221116-700fdf7d.pth")
@@ -27,6 +26,11 @@ TINY_ARCH = {"embed_dims": [16, 32, 48, 64], "depths": [1, 1, 1, 1], "num_heads"
 TINY_CLASSES = 10
 TINY_OPTIONS = [f"model.backbone.arch={TINY_ARCH}", f"model.head.num_classes={TINY_CLASSES}",
                 "model.head.in_channels=64"]
+
+
+def main(argv: list[str]) -> int:
+    """``python tools/test.py ARGV``, in this process."""
+    return run_subcommand("test", argv, prog="tools/test.py")
 
 
 def _photos() -> list[Image.Image]:
@@ -319,7 +323,7 @@ def test_imagenet_synset_folders_keep_imagenet_labels(tmp_path):
 def test_confusion_matrix_shows_most_confused_of_many_classes(tmp_path):
     records = [{"gt_label": i, "pred_label": (i + 1) % 50 if i < 5 else i} for i in range(50)]
     path = tmp_path / "cm.png"
-    evaluate.save_confusion_matrix(records, None, None, path, max_classes=8)
+    reports.save_confusion_matrix(records, None, None, path, max_classes=8)
     assert path.read_bytes().startswith(b"\x89PNG")
 
 
@@ -351,7 +355,7 @@ def test_same_metrics_and_predictions_as_mmpretrain(tmp_path, capsys):
     # labels chosen so that top-1 and top-5 are neither 0 nor 100 %: ranks 1, 3, none, 1, 5
     tops = [r["pred_scores"].argsort()[::-1][:5] for r in inference_model(model, [str(p) for p in paths])]
     labels = [tops[0][0], tops[1][2], next(c for c in range(1000) if c not in tops[2]), tops[3][0], tops[4][4]]
-    (root / "meta" / "val.txt").write_text("".join(f"{p.name} {l}\n" for p, l in zip(paths, labels)))
+    (root / "meta" / "val.txt").write_text("".join(f"{p.name} {label}\n" for p, label in zip(paths, labels)))
 
     found = subprocess.run([str(MMPRETRAIN_PYTHON), "-c", "import mmpretrain, os; "
                             "print(os.path.dirname(mmpretrain.__file__))"],
