@@ -1,10 +1,11 @@
-"""Leave-one-out timing of the CPU inference path's oneDNN linear layers.
+"""A/B timing of the CPU inference path's fast kernels (davit.kernels) against the plain layers.
 
     python benchmarks/onednn_ab.py --batch-size 16 --dtype fp32 --rounds 8
 
-Times the same model, in one process and in interleaved rounds, three ways: linear layers as
-nn.Linear (PyTorch's BLAS products, GELU and additions apart), as oneDNN kernels with GELU and
-residual additions fused but the weights passed as they are (reordered on every call), and as
+Times the same model, in one process and in interleaved rounds, three ways: with
+``davit.fast_kernels(False)`` (the plain reference computation: nn.Linear with PyTorch's BLAS
+products, GELU and additions apart, unfolded position encodings, whole batches), with the fast
+kernels but the oneDNN linear weights passed as they are (reordered on every call), and as
 shipped (weights packed once and cached). Prints the median step time and the speed-up over the
 first variant.
 """
@@ -16,9 +17,10 @@ import time
 
 import torch
 
-from davit.model import DaViTClassifier, blocks
+from davit import fast_kernels, kernels
+from davit.model import DaViTClassifier
 
-VARIANTS = ("nn.Linear", "oneDNN, unpacked weights", "oneDNN, packed weights")
+VARIANTS = ("fast kernels off", "oneDNN, unpacked weights", "oneDNN, packed weights")
 
 
 def _unpacked(layer: torch.nn.Linear, dtype: torch.dtype):
@@ -26,8 +28,8 @@ def _unpacked(layer: torch.nn.Linear, dtype: torch.dtype):
 
 
 def use_variant(variant: str, packed_parameters) -> None:
-    blocks._HAS_ONEDNN_LINEAR = variant != VARIANTS[0]
-    blocks._packed_parameters = _unpacked if variant == VARIANTS[1] else packed_parameters
+    fast_kernels(variant != VARIANTS[0])
+    kernels.packed_parameters = _unpacked if variant == VARIANTS[1] else packed_parameters
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,13 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    if not blocks._HAS_ONEDNN_LINEAR:
+    if not kernels.has_onednn_linear():
         raise SystemExit("this PyTorch build has no oneDNN linear kernels")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = DaViTClassifier(args.arch).eval()
     images = torch.randn(args.batch_size, 3, 224, 224)
-    packed_parameters = blocks._packed_parameters
+    packed_parameters = kernels.packed_parameters
     seconds: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
     try:
         with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16,

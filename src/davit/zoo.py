@@ -5,6 +5,7 @@ import difflib
 import fnmatch
 from dataclasses import dataclass
 
+from .errors import UnknownModelError
 from .model.archs import ARCHS
 
 _OPENMMLAB = "https://download.openmmlab.com/mmclassification/v0/davit/"
@@ -43,7 +44,7 @@ for _size, _file, _mm, _official in [
                         metrics=_metrics))
     _register(ModelInfo(f"davit-{_size}_msft_in1k", _size,
                         weights=f"hf-hub:timm/davit_{_size}.msft_in1k", metrics=_metrics))
-for _size in ARCHS:
+for _size in (name for name, arch in ARCHS.items() if arch.head):  # classifiers only
     _register(ModelInfo(f"davit-{_size}", _size))
 
 
@@ -63,4 +64,4 @@ def get_model_info(name: str) -> ModelInfo:
         return MODELS[name]
     close = difflib.get_close_matches(name, list(MODELS) + list(ARCHS), n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise ValueError(f"unknown model {name!r}.{hint} `davit list` shows every name.")
+    raise UnknownModelError(f"unknown model {name!r}.{hint} `davit list` shows every name.")

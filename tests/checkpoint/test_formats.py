@@ -68,3 +68,16 @@ def test_foreign_keys_are_refused():
         detect_format({})
     with pytest.raises(ValueError, match="unknown checkpoint format"):
         from_davit({}, "caffe")
+
+
+def test_davit_format_accepts_output_norms_of_dense_backbones():
+    from dataclasses import replace
+
+    from davit.model import ARCHS, DaViT
+
+    with torch.device("meta"):
+        backbone = DaViT(replace(ARCHS["tiny"], out_norms=True), out_indices=(0, 1, 2, 3))
+    state_dict = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    assert any(".out_norms." in k for k in state_dict)
+    assert detect_format(state_dict) == "davit"
+    assert to_davit(state_dict) == state_dict

@@ -91,6 +91,7 @@ _TO_OURS: dict[str, list[Rule]] = {
     "davit": [
         _rule(rf"backbone\.stem\.(?P<l>conv|norm)\.{_PARAM}", lambda m: m.group(0)),
         _rule(rf"backbone\.stages\.\d+\.downsample\.(?:conv|norm)\.{_PARAM}", lambda m: m.group(0)),
+        _rule(rf"backbone\.out_norms\.\d+\.{_PARAM}", lambda m: m.group(0)),  # dense backbones
         _rule(_OUR_BLOCK, lambda m: m.group(0) if m["t"] in _OURS_TAIL else None),
         _rule(rf"head\.(?:norm|fc)\.{_PARAM}", lambda m: m.group(0)),
     ],

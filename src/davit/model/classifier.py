@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .archs import DaViTArch
-from .backbone import DaViT, check_semantics
+from ..errors import InvalidArgumentError
+from .archs import DaViTArch, resolve_arch, resolve_semantics
+from .backbone import DaViT
 
 
 class ClassifierHead(nn.Module):
@@ -37,20 +38,26 @@ class DaViTClassifier(nn.Module):
 
     ``model(images)`` returns logits; :meth:`extract_feat` returns the backbone's NCHW feature maps
     (the stages in ``out_indices``) or the pooled, normalised features (``stage="pre_logits"``).
+    Architectures without a head (``DaViTArch.head`` false, Florence-2's tower) are backbones only:
+    build :class:`DaViT` for them.
     """
 
     def __init__(self, arch: str | dict | DaViTArch = "tiny", num_classes: int = 1000,
                  semantics: str = "official", **backbone_options) -> None:
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be a non-negative integer, got {num_classes!r}")
-        self.semantics = check_semantics(semantics)
-        self.backbone = DaViT(arch, semantics=semantics, **backbone_options)
+            raise InvalidArgumentError(f"num_classes must be a non-negative integer, got {num_classes!r}")
+        resolved = resolve_arch(arch)
+        if not resolved.head:
+            raise InvalidArgumentError(f"architecture {arch if isinstance(arch, str) else resolved} has no "
+                                       "classification head; build davit.DaViT for its features")
+        norm_first = resolve_semantics(semantics).head_norm_first
+        self.semantics = semantics
+        self.backbone = DaViT(resolved, semantics=semantics, **backbone_options)
         self.num_classes = num_classes
         self.class_names: list[str] | None = None
         self.num_features = self.backbone.num_features
-        self.head = ClassifierHead(self.num_features, num_classes,
-                                   norm_first=semantics == "mmpretrain")
+        self.head = ClassifierHead(self.num_features, num_classes, norm_first=norm_first)
 
     @property
     def arch(self) -> DaViTArch:
@@ -76,12 +83,12 @@ class DaViTClassifier(nn.Module):
             return self.backbone(x)
         if stage == "pre_logits":
             return self.forward_head(self.forward_features(x), pre_logits=True)
-        raise ValueError(f"stage must be 'backbone' or 'pre_logits', got {stage!r}")
+        raise InvalidArgumentError(f"stage must be 'backbone' or 'pre_logits', got {stage!r}")
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the final linear layer with a freshly initialised one for ``num_classes``."""
         if not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be a non-negative integer, got {num_classes!r}")
+            raise InvalidArgumentError(f"num_classes must be a non-negative integer, got {num_classes!r}")
         fresh = ClassifierHead(self.num_features, num_classes, norm_first=self.head.norm_first)
         self.head.fc = fresh.fc.to(self.head.norm.weight.device)
         self.num_classes = num_classes

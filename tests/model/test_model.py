@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from davit import fast_kernels
 from davit.checkpoint.formats import to_davit
-from davit.model import ARCHS, DaViT, DaViTClassifier
+from davit.model import DaViT, DaViTClassifier
 
 EXPECTED_PARAMS = {
     "tiny": 28_360_168, "small": 49_745_896, "base": 87_954_408,
@@ -24,10 +25,11 @@ def _golden_model(golden, golden_arch, semantics="official"):
     return model
 
 
+@pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("name", ["x224", "x_odd"])
-def test_official_logits_match_golden(golden, golden_arch, name):
+def test_official_logits_match_golden(golden, golden_arch, name, fast):
     model = _golden_model(golden, golden_arch)
-    with torch.no_grad():
+    with torch.no_grad(), fast_kernels(fast):
         logits = model(golden["inputs"][name])
     torch.testing.assert_close(logits, golden["outputs"][f"official_logits_{name}"], atol=1e-5, rtol=0)
 

@@ -1,5 +1,5 @@
-"""The fast forward paths compute the official model: bfloat16, gradients, grouping, compile."""
-from pathlib import Path
+"""The fast kernels (davit.kernels) compute the official model: bfloat16, gradients, grouping,
+compile; and the public switch turns them off."""
 
 import numpy as np
 import pytest
@@ -7,14 +7,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import davit
+from davit import fast_kernels, fast_kernels_enabled, kernels
 from davit.checkpoint.formats import from_davit, to_davit
 from davit.data import build_test_transform
 from davit.model import DaViTClassifier
-from davit.model.backbone import _images_per_group
-from davit.model import blocks
-from davit.model.blocks import ChannelAttention, ResidualDepthwiseConv
-
-from .conftest import FIXTURES, REPO
+from davit.model.blocks import Mlp
+from tests.paths import FIXTURES, REPO
 
 MINI = {"embed_dims": [8, 16, 32, 64], "depths": [1, 1, 2, 1], "num_heads": [1, 2, 4, 8]}
 
@@ -93,7 +92,7 @@ def test_bfloat16_top1_agrees_with_float32_on_photos():
 
 def test_gradients_match_timm():
     """One training step's loss and gradients equal timm's for the same weights and batch."""
-    timm = pytest.importorskip("timm")
+    pytest.importorskip("timm")
     from timm.models.davit import DaVit
 
     torch.manual_seed(0)
@@ -111,46 +110,86 @@ def test_gradients_match_timm():
 
 
 def test_image_groups_do_not_change_results(monkeypatch):
-    """CPU stages run on groups of images; grouping one image at a time gives the same logits."""
+    """CPU stages run on groups of images; grouping one image at a time, or running the whole
+    batch with the fast kernels off, gives the same logits."""
     torch.manual_seed(0)
     model = DaViTClassifier(MINI, num_classes=5).eval()
     x = torch.randn(4, 3, 64, 64)
     with torch.no_grad():
         whole = model(x)
-        monkeypatch.setattr("davit.model.backbone.CPU_GROUP_BYTES", 1)
+        with fast_kernels(False):
+            plain = model(x)
+        monkeypatch.setattr(kernels, "CPU_GROUP_BYTES", 1)
         grouped = model(x)
     torch.testing.assert_close(grouped, whole, rtol=0, atol=1e-5)
+    torch.testing.assert_close(plain, whole, rtol=0, atol=1e-5)
 
 
 def test_images_per_group_follows_the_byte_budget():
     with torch.no_grad():
-        assert _images_per_group(torch.empty(64, 56, 56, 96)) == 1
-        assert _images_per_group(torch.empty(64, 56, 56, 96, dtype=torch.bfloat16)) == 3
-        assert _images_per_group(torch.empty(3, 7, 7, 768)) == 13
-        assert _images_per_group(torch.empty(1, 500, 500, 96)) == 1
-    assert _images_per_group(torch.empty(64, 56, 56, 96)) is None  # training: the whole batch
+        assert kernels.images_per_group(torch.empty(64, 56, 56, 96)) == 1
+        assert kernels.images_per_group(torch.empty(64, 56, 56, 96, dtype=torch.bfloat16)) == 3
+        assert kernels.images_per_group(torch.empty(3, 7, 7, 768)) == 13
+        assert kernels.images_per_group(torch.empty(1, 500, 500, 96)) == 1
+        with fast_kernels(False):
+            assert kernels.images_per_group(torch.empty(64, 56, 56, 96)) is None
+    assert kernels.images_per_group(torch.empty(64, 56, 56, 96)) is None  # training: the whole batch
 
 
+@pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_residual_depthwise_conv_is_input_plus_conv(dtype):
+def test_conv_plus_input_is_input_plus_conv(dtype, fast):
     torch.manual_seed(0)
-    conv = ResidualDepthwiseConv(6, 6, kernel_size=3, padding=1, groups=6).to(dtype)
+    conv = torch.nn.Conv2d(6, 6, kernel_size=3, padding=1, groups=6).to(dtype)
     x = torch.randn(2, 6, 9, 11, dtype=dtype).contiguous(memory_format=torch.channels_last)
     expected = x.float() + F.conv2d(x.float(), conv.weight.float(), conv.bias.float(), padding=1,
                                     groups=6)
     tolerance = 1e-6 if dtype == torch.float32 else 2e-2
-    with torch.no_grad():
-        assert (conv(x).float() - expected).abs().max() <= tolerance * expected.abs().max()
+    with torch.no_grad(), fast_kernels(fast):
+        out = kernels.conv_plus_input(conv, x).float()
+    assert (out - expected).abs().max() <= tolerance * expected.abs().max()
 
 
-def test_channel_attention_is_the_official_formula():
+def test_fast_kernels_switch_is_set_at_once_and_restored_by_with():
+    assert {"fast_kernels", "fast_kernels_enabled"} <= set(davit.__all__)
+    assert fast_kernels_enabled()
+    with fast_kernels(False):
+        assert not fast_kernels_enabled()
+        with fast_kernels(True):
+            assert fast_kernels_enabled()
+        assert not fast_kernels_enabled()
+    assert fast_kernels_enabled()
+    try:
+        fast_kernels(False)
+        assert not fast_kernels_enabled()
+    finally:
+        fast_kernels(True)
+
+
+def _autograd_node_names(out: torch.Tensor) -> set[str]:
+    names, stack, seen = set(), [out.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(node.name())
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def test_fast_kernels_off_trains_through_the_plain_layers():
+    """Off, training runs nn.Linear and GELU (no oneDNN products, no GELU recompute) and gives
+    the same logits as the fast path."""
     torch.manual_seed(0)
-    attn = ChannelAttention(24, num_heads=3)
-    x = torch.randn(2, 50, 24)
-    q, k, v = attn.qkv(x).reshape(2, 50, 3, 3, 8).permute(2, 0, 3, 1, 4)
-    weights = ((k * attn.scale).transpose(-1, -2) @ v).softmax(dim=-1)
-    expected = attn.proj((weights @ q.transpose(-1, -2)).permute(0, 3, 1, 2).reshape(2, 50, 24))
-    torch.testing.assert_close(attn(x), expected, rtol=0, atol=1e-5)
+    model = DaViTClassifier(MINI, num_classes=5)
+    x = torch.randn(2, 3, 61, 75)
+    fast = model(x)
+    with fast_kernels(False):
+        plain = model(x)
+    assert {"_TrainingLinearBackward", "_MlpWithGeluRecomputeBackward"} <= _autograd_node_names(fast)
+    assert not {"_TrainingLinearBackward", "_MlpWithGeluRecomputeBackward"} & _autograd_node_names(plain)
+    torch.testing.assert_close(plain, fast, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("size", [(64, 64), (61, 75)])
@@ -162,18 +201,18 @@ def test_no_graph_breaks(size, grad):
     assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
-needs_onednn = pytest.mark.skipif(not blocks._HAS_ONEDNN_LINEAR, reason="PyTorch without oneDNN")
+needs_onednn = pytest.mark.skipif(not kernels.has_onednn_linear(), reason="PyTorch without oneDNN")
 
 
 def _count_onednn_calls(monkeypatch) -> list[int]:
     calls = [0]
-    original = blocks._onednn_linear
+    original = kernels._onednn_linear
 
     def counting(*args, **kwargs):
         calls[0] += 1
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(blocks, "_onednn_linear", counting)
+    monkeypatch.setattr(kernels, "_onednn_linear", counting)
     return calls
 
 
@@ -193,9 +232,12 @@ def test_onednn_linear_path_equals_the_plain_layers(monkeypatch, dtype):
         assert calls[0] == 0
         with torch.inference_mode():
             fast = model(x).float()
-    assert calls[0] > 0
+            assert calls[0] > 0
+            with fast_kernels(False):
+                reference = model(x).float()
     tolerance = 1e-5 if dtype == "fp32" else 2e-2
     assert (fast - plain).abs().max() <= tolerance * plain.abs().max()
+    assert (fast - reference).abs().max() <= tolerance * reference.abs().max()
 
 
 @needs_onednn
@@ -258,7 +300,7 @@ def test_mlp_training_path_matches_plain_layers_and_keeps_less(autocast):
     """In training, the MLP recomputes GELU in the backward pass instead of keeping its output:
     the same outputs and gradients as nn.Linear -> GELU -> nn.Linear, with less kept memory."""
     torch.manual_seed(0)
-    mlp = blocks.Mlp(16, 64)
+    mlp = Mlp(16, 64)
     x = torch.randn(2, 5, 7, 16, requires_grad=True)
     grad_out = torch.randn(2, 5, 7, 16)
     results = []
@@ -281,7 +323,7 @@ def test_mlp_training_path_matches_plain_layers_and_keeps_less(autocast):
 
 def test_mlp_training_path_skips_frozen_weights():
     torch.manual_seed(0)
-    mlp = blocks.Mlp(16, 64).requires_grad_(False)
+    mlp = Mlp(16, 64).requires_grad_(False)
     x = torch.randn(3, 16, requires_grad=True)
     mlp(x).sum().backward()
     expected = torch.autograd.grad(mlp.fc2(mlp.act(mlp.fc1(x))).sum(), x)[0]
@@ -297,7 +339,11 @@ def test_onednn_path_can_be_turned_off(monkeypatch):
     with torch.no_grad():
         model(torch.randn(1, 3, 32, 32))
     assert calls[0] == 0
-    assert blocks._probe_onednn_linear()
+    assert kernels.probe_onednn_linear()
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", True)
+    with torch.no_grad(), fast_kernels(False):
+        model(torch.randn(1, 3, 32, 32))
+    assert calls[0] == 0
 
 
 @pytest.mark.parametrize("autocast", [False, True])
@@ -313,12 +359,14 @@ def test_training_linear_matches_nn_linear(autocast):
         layer.zero_grad()
         x.grad = None
         with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
-            out = blocks.linear(layer, x) if fused else layer(x)
+            out = kernels.linear(layer, x) if fused else layer(x)
         assert (out.grad_fn.name() == "_TrainingLinearBackward") == fused
         out.backward(grad_out.to(out.dtype))
         results.append([out.float(), x.grad, layer.weight.grad, layer.bias.grad])
     tolerance = 1e-5 if not autocast else 2e-2
     for fused_value, plain_value in zip(*results):
         assert (fused_value - plain_value).abs().max() <= tolerance * plain_value.abs().max()
+    with fast_kernels(False):
+        assert kernels.linear(layer, x).grad_fn.name() != "_TrainingLinearBackward"
     layer.register_forward_hook(lambda *args: None)
-    assert blocks.linear(layer, x).grad_fn.name() != "_TrainingLinearBackward"
+    assert kernels.linear(layer, x).grad_fn.name() != "_TrainingLinearBackward"

@@ -1,0 +1,286 @@
+"""CPU kernels that compute DaViT's layers with fewer passes over memory.
+
+The model (:mod:`davit.model`) states the maths and calls the few functions here for its linear
+layers, MLPs, residual position encodings and stage batches. Each gives the result of the plain
+layer calls; how, depends on where it runs (docs/performance.md):
+
+* CPU inference in eager mode: linear layers run as oneDNN kernels with weights packed once into
+  oneDNN's blocked layout, applying GELU and the residual addition while the product is in cache,
+  and stages run on groups of images small enough to stay in cache (:func:`images_per_group`).
+* CPU training: linear products and their input gradients go through oneDNN, and the MLP
+  recomputes its GELU in the backward pass instead of keeping its output.
+* float32/float64 anywhere: a depthwise convolution plus its input is one convolution with 1 added
+  to the kernels' centre taps.
+
+:func:`fast_kernels` turns all of this off (the plain reference computation: nn.Linear, GELU,
+whole batches), as does ``torch.backends.mkldnn.enabled = False`` for the oneDNN parts. Layers
+with forward hooks (or any global hook) run as plain module calls, so hooks see them; graphs
+traced by torch.compile or export get the plain linear layers and whole batches.
+"""
+from __future__ import annotations
+
+import math
+from types import TracebackType
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.weak import WeakIdKeyDictionary
+
+_enabled = True
+
+
+class fast_kernels:  # lower case: used like a function, as torch.set_grad_enabled is
+    """Turn the fast kernels on or off now; as a context manager, restore the previous setting on
+    exit (like ``torch.set_grad_enabled``).
+
+    Off, the model runs the plain reference computation (nn.Linear, GELU, whole batches): for
+    checking the kernels, or timing them. On is the default and gives the same results.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        global _enabled
+        self._previous = _enabled
+        _enabled = bool(enabled)
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        global _enabled
+        _enabled = self._previous
+
+
+def fast_kernels_enabled() -> bool:
+    """Whether the fast kernels are on (see :class:`fast_kernels`)."""
+    return _enabled
+
+
+def linear(layer: nn.Linear, x: Tensor, residual: Tensor | None = None) -> Tensor:
+    """``layer(x)``, plus ``residual`` when given."""
+    if _use_onednn(x, layer):
+        return _onednn_linear(x, layer, residual=residual)
+    if (_enabled and torch.is_grad_enabled() and x.device.type == "cpu" and layer.bias is not None
+            and not _has_hooks(layer)):
+        out = _TrainingLinear.apply(x, layer.weight, layer.bias)
+    else:
+        out = layer(x)
+    return out if residual is None else residual + out
+
+
+def mlp(fc1: nn.Linear, act: nn.GELU, fc2: nn.Linear, x: Tensor,
+        residual: Tensor | None = None) -> Tensor:
+    """``fc2(act(fc1(x)))``, plus ``residual`` when given (``act`` is an exact GELU)."""
+    if _use_onednn(x, fc1, fc2) and not _has_hooks(act):
+        return _onednn_linear(_onednn_linear(x, fc1, "gelu"), fc2, residual=residual)
+    if _enabled and torch.is_grad_enabled() and not _has_hooks(fc1, act, fc2):
+        out = _MlpWithGeluRecompute.apply(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+    else:
+        out = fc2(act(fc1(x)))
+    return out if residual is None else residual + out
+
+
+def conv_plus_input(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """``x + conv(x)`` for a same-size depthwise ``conv``.
+
+    In single or double precision it runs as one convolution whose kernels have 1 added to their
+    centre tap, which saves a pass over the activations and the memory of the sum. In bfloat16 or
+    half precision (or under autocast) ``1 + w`` would lose most of ``w``'s bits, so the input is
+    added after the convolution.
+    """
+    if (_enabled and x.dtype in (torch.float32, torch.float64) and not _autocast_enabled(x.device)
+            and not _has_hooks(conv)):
+        kh, kw = conv.kernel_size
+        centre = F.pad(conv.weight.new_ones(1, 1, 1, 1), (kw // 2, kw // 2, kh // 2, kh // 2))
+        return conv._conv_forward(x, conv.weight + centre, conv.bias)
+    return x + conv(x)
+
+
+CPU_GROUP_BYTES = 2 << 20
+
+
+def images_per_group(x: Tensor) -> int | None:
+    """How many images of a (B, H, W, C) batch a stage runs at once; None for the whole batch.
+
+    For CPU inference, groups of about :data:`CPU_GROUP_BYTES` of activations keep every
+    intermediate tensor in cache and small enough for the allocator to reuse freed memory instead
+    of mapping fresh pages; images are independent, so the result does not depend on the grouping.
+    Training (which keeps every activation for the backward pass anyway), other devices and
+    compiled or exported graphs (which plan their own buffers) take the whole batch.
+    """
+    if (not _enabled or x.device.type != "cpu" or torch.is_grad_enabled()
+            or torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+        return None
+    image_bytes = max(math.prod(x.shape[1:]) * x.element_size(), 1)
+    return max(CPU_GROUP_BYTES // image_bytes, 1)
+
+
+def _autocast_enabled(device: torch.device) -> bool:
+    return device.type != "meta" and torch.is_autocast_enabled(device.type)
+
+
+def _has_hooks(*modules: nn.Module) -> bool:
+    """Whether forward hooks (global or on ``modules``) must see these modules being called."""
+    return bool(nn.modules.module._global_forward_hooks
+                or nn.modules.module._global_forward_pre_hooks
+                or any(module._forward_hooks or module._forward_pre_hooks for module in modules))
+
+
+def _use_onednn(x: Tensor, *layers: nn.Linear) -> bool:
+    """Whether ``layers`` may run as oneDNN's linear kernels, fused with the GELU and residual.
+
+    For CPU inference in eager mode (no autograd, not traced by torch.compile or export), in
+    float32 or bfloat16 (autocast included), on layers without hooks: anything that observes the
+    model sees the same module calls as in the plain code. oneDNN's kernels are faster than the
+    BLAS products for the short matrices of DaViT's later stages and small batches.
+    """
+    if (not _enabled or x.device.type != "cpu" or torch.is_grad_enabled() or not _HAS_ONEDNN_LINEAR
+            or not torch.backends.mkldnn.enabled or torch.compiler.is_compiling()
+            or _has_hooks(*layers)):
+        return False
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    return dtype in (torch.float32, torch.bfloat16) and all(
+        layer.weight.dtype in (torch.float32, torch.bfloat16) for layer in layers)
+
+
+def probe_onednn_linear() -> bool:
+    """Whether this PyTorch build has oneDNN's packed, fused linear kernels and they agree with
+    ``gelu(F.linear(...))`` on a small example (some builds or CPUs lack them)."""
+    if not (torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+        return False
+    x = torch.linspace(-2, 2, 24).view(4, 6)
+    weight, bias = torch.linspace(-0.5, 0.5, 18).view(3, 6), torch.tensor([0.1, -0.2, 0.3])
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+        out = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "gelu", [], "none")
+    except RuntimeError:
+        return False
+    return torch.allclose(out, F.gelu(F.linear(x, weight, bias)), atol=1e-5)
+
+
+_HAS_ONEDNN_LINEAR = probe_onednn_linear()
+
+
+def has_onednn_linear() -> bool:
+    """Whether the oneDNN linear kernels passed :func:`probe_onednn_linear` at import."""
+    return _HAS_ONEDNN_LINEAR
+
+
+def _onednn_linear(x: Tensor, layer: nn.Linear, activation: str = "none",
+                   residual: Tensor | None = None) -> Tensor:
+    """``activation(layer(x))`` (plus ``residual``) as one oneDNN kernel, in autocast's dtype."""
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    weight, bias = packed_parameters(layer, dtype)
+    x = x.to(dtype)
+    if residual is not None and residual.dtype == dtype and activation == "none":
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, "add")
+    out = torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "none")
+    return out if residual is None else residual + out
+
+
+_PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def packed_parameters(layer: nn.Linear, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    """The layer's weight in ``dtype`` reordered into oneDNN's blocked layout, and its bias in
+    ``dtype``; made once and cached.
+
+    The cache holds one packed copy per weight tensor (as much memory again as the linear
+    weights) and is dropped with the weight. It is refreshed when the weight's or bias's version
+    counter or storage changes, which every in-place update through PyTorch does (optimizer and
+    EMA steps, ``load_state_dict``, ``.to()``); writes through ``.data`` bypass the version counter
+    and are not seen (PyTorch discourages them). Inference tensors have no version counter and
+    are not cached.
+    """
+    weight, bias = layer.weight, layer.bias
+    if weight.is_inference() or (bias is not None and bias.is_inference()):
+        return weight.to(dtype), None if bias is None else bias.to(dtype)
+    key = (dtype, weight._version, weight.data_ptr(),
+           None if bias is None else (bias._version, bias.data_ptr()))
+    entry = _PACKED.get(weight)
+    if entry is None or entry[0] != key:
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype), None)
+        entry = (key, packed, None if bias is None else bias.detach().to(dtype))
+        _PACKED[weight] = entry
+    return entry[1], entry[2]
+
+
+class _MlpWithGeluRecompute(torch.autograd.Function):
+    """``fc2(gelu(fc1(x)))`` that keeps only ``x`` and ``fc1(x)`` for the backward pass.
+
+    Autograd would also keep ``gelu(fc1(x))``, the input of ``fc2``: as large as ``fc1(x)``, and
+    the largest activation of the block. The backward pass recomputes it from ``fc1(x)`` instead
+    (one elementwise pass). Under autocast the products run in autocast's dtype, as they would in
+    nn.Linear, and the saved tensors are the cast ones.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight1: Tensor, bias1: Tensor, weight2: Tensor,
+                bias2: Tensor) -> Tensor:
+        x, weight1, bias1, weight2, bias2 = _autocast_inputs(x, weight1, bias1, weight2, bias2)
+        with torch.autocast(x.device.type, enabled=False):
+            hidden = _product(x, weight1, bias1)
+            out = _product(F.gelu(hidden), weight2, bias2)
+        ctx.save_for_backward(x, weight1, hidden, weight2)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight1, hidden, weight2 = ctx.saved_tensors
+        grad_out = grad_out.to(hidden.dtype).reshape(-1, grad_out.shape[-1])
+        hidden_2d = hidden.reshape(-1, hidden.shape[-1])
+        needs_x, needs_w1, needs_b1, needs_w2, needs_b2 = ctx.needs_input_grad
+        grad_weight2 = grad_out.t().mm(F.gelu(hidden_2d)) if needs_w2 else None
+        grad_hidden = torch.ops.aten.gelu_backward(grad_out.mm(weight2), hidden_2d)
+        grad_weight1 = grad_hidden.t().mm(x.reshape(-1, x.shape[-1])) if needs_w1 else None
+        grad_x = _product(grad_hidden, weight1.t().contiguous()).view(x.shape) if needs_x else None
+        return (grad_x, grad_weight1, grad_hidden.sum(0) if needs_b1 else None, grad_weight2,
+                grad_out.sum(0) if needs_b2 else None)
+
+
+class _TrainingLinear(torch.autograd.Function):
+    """``F.linear`` whose products (forward, and the input gradient) go through :func:`_product`.
+
+    Used in training on CPU, where oneDNN's kernels beat the BLAS products on the long, narrow
+    matrices of the first stages (docs/performance.md); the weight gradient stays a BLAS product.
+    Under autocast the products run in autocast's dtype, as they would in nn.Linear.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        x, weight, bias = _autocast_inputs(x, weight, bias)
+        with torch.autocast(x.device.type, enabled=False):
+            out = _product(x, weight, bias)
+        ctx.save_for_backward(x, weight)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        grad_out = grad_out.to(x.dtype).reshape(-1, grad_out.shape[-1])
+        needs_x, needs_weight, needs_bias = ctx.needs_input_grad
+        grad_weight = grad_out.t().mm(x.reshape(-1, x.shape[-1])) if needs_weight else None
+        grad_x = _product(grad_out, weight.t().contiguous()).view(x.shape) if needs_x else None
+        return grad_x, grad_weight, grad_out.sum(0) if needs_bias else None
+
+
+def _autocast_inputs(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """``tensors`` in the dtype autocast would compute their product in (unchanged without it)."""
+    device_type = tensors[0].device.type
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) for t in tensors)
+
+
+def _product(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)``, as a oneDNN kernel on CPU where one is available."""
+    if (x.device.type == "cpu" and _HAS_ONEDNN_LINEAR and torch.backends.mkldnn.enabled
+            and not torch.compiler.is_compiling() and x.dtype in (torch.float32, torch.bfloat16)):
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "none")
+    return F.linear(x, weight, bias)
