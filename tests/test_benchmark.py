@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from davit.benchmark import BenchmarkOptions, run
-from davit.cli.main import run_subcommand
+from davit.cli.app import run_subcommand
 from davit.errors import InvalidArgumentError
 
 TINY = '{"embed_dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8]}'

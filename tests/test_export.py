@@ -8,7 +8,7 @@ import torch
 onnxruntime = pytest.importorskip("onnxruntime")
 
 from davit.checkpoint.formats import to_davit  # noqa: E402
-from davit.cli.main import run_subcommand  # noqa: E402
+from davit.cli.app import run_subcommand  # noqa: E402
 from davit.errors import InvalidArgumentError, MissingDependencyError  # noqa: E402
 from davit.export import export_onnx  # noqa: E402
 from davit.model import DaViTClassifier  # noqa: E402

@@ -5,7 +5,7 @@ The same as ``davit train``; see ``python tools/train.py --help``. Several proce
 """
 import sys
 
-from davit.cli.main import run_subcommand
+from davit.cli.app import run_subcommand
 
 if __name__ == "__main__":
     sys.exit(run_subcommand("train", prog="tools/train.py"))

@@ -3,7 +3,7 @@ import torch
 
 from davit.checkpoint.formats import detect_format
 from davit.checkpoint.io import load_state_dict_file
-from davit.cli.main import run_subcommand
+from davit.cli.app import run_subcommand
 
 
 def test_convert_between_formats(tiny_mm_checkpoint, tmp_path, capsys):

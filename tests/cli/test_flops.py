@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from davit.cli.main import run_subcommand
+from davit.cli.app import run_subcommand
 
 SEED_TABLE = {"davit-tiny_3rdparty_in1k": (28_360_168, 4.54e9), "davit-small_3rdparty_in1k": (49_745_896, 8.80e9),
               "davit-base_3rdparty_in1k": (87_954_408, 15.51e9)}

@@ -7,7 +7,7 @@ import pytest
 
 from davit.cli import flops as flops_command
 from davit.cli import main
-from davit.cli.main import SUBCOMMANDS, run_subcommand
+from davit.cli.app import SUBCOMMANDS, run_subcommand
 from davit.errors import UnknownModelError
 from tests.paths import REPO
 

@@ -1,5 +1,5 @@
 """davit list."""
-from davit.cli.main import run_subcommand
+from davit.cli.app import run_subcommand
 
 
 def test_list(capsys):

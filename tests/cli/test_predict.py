@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from davit.cli.main import run_subcommand
+from davit.cli.app import run_subcommand
 from tests.paths import REPO
 
 CAT = str(REPO / "demo" / "cat.jpg")

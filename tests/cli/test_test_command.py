@@ -1,7 +1,7 @@
 """``davit test`` / ``tools/test.py``: the options parse as mmpretrain's tools/test.py."""
 import pytest
 
-from davit.cli.main import build_parser, run_subcommand
+from davit.cli.app import build_parser, run_subcommand
 
 
 def test_tools_prog_names_itself(capsys):

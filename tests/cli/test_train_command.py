@@ -2,7 +2,7 @@
 import pytest
 
 from davit.cli import main as cli
-from davit.cli.main import build_parser
+from davit.cli.app import build_parser
 
 
 def test_cli_delegates_train(capsys):

@@ -12,7 +12,7 @@ from PIL import Image
 from davit import get_model, inference_model
 from davit.checkpoint.formats import from_davit
 from davit.cli import main as cli_main
-from davit.cli.main import run_subcommand
+from davit.cli.app import run_subcommand
 from davit.data import ClassFolderDataset, build_test_transform, imagenet_synsets
 from davit.engine import evaluate, reports
 from davit.engine.distributed import ShardSampler

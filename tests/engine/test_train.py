@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from davit import get_model
-from davit.cli.main import run_subcommand
+from davit.cli.app import run_subcommand
 from davit.config import load_config
 from davit.data.train_transforms import build_train_transform
 from davit.engine.optim import build_optimizer, build_scheduler, scaled_lr

@@ -1,4 +1,4 @@
 """The ``davit`` command line: one module per subcommand, all argument parsing lives here."""
-from .main import main, run_subcommand
+from .app import main, run_subcommand
 
 __all__ = ["main", "run_subcommand"]

@@ -12,7 +12,7 @@ import torch
 
 from ..api import get_model, inference_model
 from .argtypes import add_checkpoint, add_semantics, positive_int
-from .main import print_error
+from .app import print_error
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """0 when the run completes, 128 + the signal number after SIGINT/SIGTERM (a checkpoint is
-    saved); errors propagate to :func:`davit.cli.main.execute`."""
+    saved); errors propagate to :func:`davit.cli.app.execute`."""
     overrides = RecipeOverrides(grad_checkpointing=args.grad_checkpointing,
                                 accumulate=args.accumulate, clip_grad=args.clip_grad,
                                 amp=args.amp, ema=args.ema)
