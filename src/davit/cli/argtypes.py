@@ -35,3 +35,18 @@ def add_checkpoint(parser: argparse.ArgumentParser) -> None:
     """``--checkpoint SOURCE``: weights other than the model's published ones."""
     parser.add_argument("--checkpoint",
                         help="weights: path, URL or hf-hub: name (default: the model's)")
+
+
+def add_config_options(parser: argparse.ArgumentParser, loader: str, work_dir_help: str) -> None:
+    """The config positional and ``--cfg-options`` / ``--work-dir``, as mmpretrain's tools take them;
+    ``loader`` names the dataloader the override example uses."""
+    parser.add_argument("config", help="config file, e.g. configs/davit/davit-tiny_4xb256_in1k.py")
+    parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
+                        help=f"override config settings, e.g. {loader}.batch_size=32")
+    parser.add_argument("--work-dir", help=work_dir_help)
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """``--device``, with the rule torchrun runs follow."""
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available); "
+                                          "under torchrun each process takes GPU LOCAL_RANK")

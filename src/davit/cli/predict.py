@@ -11,8 +11,8 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from ..api import get_model, inference_model
-from .argtypes import add_checkpoint, add_semantics, positive_int
 from .app import print_error
+from .argtypes import add_checkpoint, add_semantics, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

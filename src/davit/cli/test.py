@@ -8,7 +8,7 @@ from ..engine import distributed
 from ..engine.evaluate import EvaluationOptions, evaluate
 from ..engine.evaluation import AMP_DTYPES
 from ..model import SEMANTICS
-from .argtypes import non_negative_int, positive_int
+from .argtypes import add_config_options, add_device, non_negative_int, positive_int
 
 DESCRIPTION = "Evaluate a DaViT checkpoint on a dataset (mmpretrain's tools/test.py)."
 
@@ -16,19 +16,15 @@ DESCRIPTION = "Evaluate a DaViT checkpoint on a dataset (mmpretrain's tools/test
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("test", help="evaluate a checkpoint on a dataset from a config",
                                    description=DESCRIPTION)
-    parser.add_argument("config", help="config file, e.g. configs/davit/davit-tiny_4xb256_in1k.py")
+    add_config_options(parser, "test_dataloader", "where to save the config, metrics and per-class "
+                                                  "accuracy (default: work_dirs/<config name>/<time>)")
     parser.add_argument("checkpoint", help="checkpoint path, http(s) URL, hf-hub: name or model "
                                            "name (davit list --pretrained)")
-    parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override config settings, e.g. test_dataloader.batch_size=32")
-    parser.add_argument("--work-dir", help="where to save the config, metrics and per-class "
-                                           "accuracy (default: work_dirs/<config name>/<time>)")
     parser.add_argument("--out", help="also write a JSON file with the metrics or the predictions")
     parser.add_argument("--out-item", choices=["metrics", "pred"], default="pred",
                         help="what --out holds: per-image predictions (default, as mmpretrain) "
                              "or the metrics")
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available); "
-                                          "under torchrun each process takes GPU LOCAL_RANK")
+    add_device(parser)
     parser.add_argument("--batch-size", type=positive_int,
                         help="images per batch and process (default: test_dataloader.batch_size)")
     parser.add_argument("--num-workers", type=non_negative_int,

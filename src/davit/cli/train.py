@@ -8,7 +8,7 @@ from ..config.training import RecipeOverrides
 from ..engine.evaluation import AMP_DTYPES
 from ..engine.session import Interrupted, TrainSession
 from ..engine.train import TrainOptions, train
-from .argtypes import positive_int
+from .argtypes import add_config_options, add_device, positive_int
 
 DESCRIPTION = "Train or fine-tune DaViT from a config (mmpretrain's tools/train.py)."
 
@@ -16,11 +16,8 @@ DESCRIPTION = "Train or fine-tune DaViT from a config (mmpretrain's tools/train.
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("train", help="train or fine-tune from a config",
                                    description=DESCRIPTION)
-    parser.add_argument("config", help="config file, e.g. configs/davit/davit-tiny_4xb256_in1k.py")
-    parser.add_argument("--work-dir", help="where logs and checkpoints go (default: the config's "
-                                           "work_dir, else work_dirs/<config name>)")
-    parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override config settings, e.g. train_dataloader.batch_size=64")
+    add_config_options(parser, "train_dataloader", "where logs and checkpoints go (default: the "
+                                                   "config's work_dir, else work_dirs/<config name>)")
     parser.add_argument("--resume", nargs="?", const="auto", metavar="auto|PATH",
                         help="continue a run: 'auto' (the default when the flag has no value) "
                              "takes latest.pth from the work dir, or starts afresh when there is "
@@ -42,8 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="random seed (randomness.seed; default random)")
     parser.add_argument("--deterministic", action="store_true",
                         help="deterministic algorithms only (randomness.deterministic)")
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available); "
-                                          "under torchrun each process takes GPU LOCAL_RANK")
+    add_device(parser)
     parser.add_argument("--checkpoint-iters", type=positive_int, metavar="N",
                         help="also save a checkpoint (iter_N.pth, latest.pth) every N optimizer steps")
     parser.add_argument("--no-validate", action="store_true", help="skip validation")
