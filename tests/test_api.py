@@ -194,7 +194,7 @@ def test_backbone_loads_a_classifier_checkpoint(tmp_path, tiny_weights, caplog):
 
 def test_inference_goes_through_the_evaluation_primitive(monkeypatch):
     import davit.api
-    from davit.engine.evaluation import class_probabilities
+    from davit.engine.predict import class_probabilities
 
     calls = []
 

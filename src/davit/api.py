@@ -11,7 +11,7 @@ import torch
 
 from .checkpoint.load import checkpoint_num_classes, load_pretrained, read_checkpoint
 from .data import ImageLoadError, build_test_transform, imagenet_classes
-from .engine.evaluation import class_probabilities
+from .engine.predict import class_probabilities
 from .errors import InvalidArgumentError
 from .model import DaViTArch, DaViTClassifier
 from .resolve import resolve_device, resolve_model, resolve_weights

@@ -6,7 +6,7 @@ import argparse
 
 from ..engine import distributed
 from ..engine.evaluate import EvaluationOptions, evaluate
-from ..engine.evaluation import AMP_DTYPES
+from ..engine.predict import AMP_DTYPES
 from ..model import SEMANTICS
 from .argtypes import add_config_options, add_device, non_negative_int, positive_int
 

@@ -27,7 +27,7 @@ from ..data.datasets import LabelledImageDataset
 from ..errors import InvalidArgumentError
 from ..resolve import resolve_weights
 from . import distributed
-from .evaluation import AMP_DTYPES, accuracy, check_readable, gather_records, predict, report_k, sharded_loader
+from .predict import AMP_DTYPES, accuracy, check_readable, gather_records, predict, report_k, sharded_loader
 from .reports import save_confusion_matrix, write_per_class_csv
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..config.specs import EvaluatorSpec
 from ..errors import require
-from .evaluation import hit
+from .predict import hit
 
 CONFUSION_CLASSES = 30
 

@@ -28,7 +28,7 @@ from ..config.training import RuntimeSpec
 from ..data.train_transforms import BatchAugment
 from ..errors import TrainError
 from . import distributed
-from .evaluation import accuracy, check_readable, predict, report_k
+from .predict import accuracy, check_readable, predict, report_k
 from .recorder import TrainRecorder
 from .sampling import TrainSampler
 from .session import Interrupted, StopFlag
