@@ -52,8 +52,8 @@ from ..data.datasets import LabelledImageDataset
 from ..errors import CheckpointMismatchError, DatasetError, InvalidArgumentError, TrainError
 from ..resolve import resolve_weights
 from . import distributed
-from .predict import AMP_DTYPES, sharded_loader
 from .optim import build_optimizer, build_scheduler, scaled_lr
+from .predict import AMP_DTYPES, sharded_loader
 from .recorder import TrainRecorder
 from .sampling import SeededDataset, TrainSampler, run_seed, seed_everything, seed_process
 from .session import TrainSession
