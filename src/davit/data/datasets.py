@@ -184,7 +184,7 @@ class ClassFolderDataset(LabelledImageDataset):
         samples: list[tuple[Path, int]] = []
         empty: list[str] = []
         for folder in folders:
-            files = _image_files(root / folder)
+            files = image_files(root / folder)
             if not files:
                 empty.append(folder)
             samples.extend((root / folder / name, labels[folder]) for name in files)
@@ -208,7 +208,7 @@ def _synset_labels(root: Path, folders: list[str], section: str) -> dict[str, in
     return {folder: index[folder] for folder in folders}
 
 
-def _image_files(folder: Path) -> list[str]:
+def image_files(folder: Path) -> list[str]:
     """Relative POSIX paths of the image files under ``folder``, recursively, sorted."""
     found = []
     for directory, _, files in os.walk(folder, followlinks=True):
