@@ -14,6 +14,7 @@ from davit import get_model, inference_model, list_models
 from davit.checkpoint.formats import from_davit
 from davit.checkpoint.load import CheckpointMismatchError
 from davit.data import ImageLoadError, build_test_transform, load_image
+from davit.errors import InvalidArgumentError
 from davit.model import DaViTClassifier
 from tests.paths import REPO
 
@@ -220,3 +221,36 @@ def test_bad_arguments_are_davit_errors(tmp_path):
         get_model("tiny", pretrained=3)
     with pytest.raises(DavitError, match="does not exist"):
         get_model("tiny", pretrained=str(tmp_path / "nowhere.pth"))
+
+
+DIGITS = REPO / "configs" / "davit" / "davit-digits_1xb64.py"
+
+
+def test_a_config_file_is_a_model_with_its_test_pipeline(tmp_path):
+    model = get_model(str(DIGITS))
+    assert model.arch.embed_dims == (32, 64, 128, 256) and model.num_classes == 10
+    pre = model.card.preprocessing
+    assert (pre.resize_edge, pre.crop_size, pre.mean) == (32, 32, (64.0, 64.0, 64.0))
+    with pytest.raises(InvalidArgumentError, match="no load_from"):
+        get_model(str(DIGITS), pretrained=True)
+
+
+def test_mmpretrain_idiom_config_image_and_pretrained(tmp_path):
+    torch.manual_seed(0)
+    trained = get_model(str(DIGITS))
+    path = tmp_path / "digits.pth"
+    torch.save({"state_dict": trained.state_dict()}, path)  # no card: the config gives it
+    result = inference_model(str(DIGITS), str(CAT), pretrained=str(path))
+    with torch.no_grad():
+        expected = trained(build_test_transform(32, 32, (64.0,) * 3, (96.0,) * 3)(CAT).unsqueeze(0))
+    np.testing.assert_allclose(result["pred_scores"], expected.softmax(-1)[0].numpy(), atol=1e-6)
+    assert "pred_class" not in result  # ten classes, no names known
+
+
+def test_cli_errors_do_not_speak_python(capsys, tmp_path):
+    from davit.cli.app import run_subcommand
+
+    custom = '{"embed_dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8]}'
+    assert run_subcommand("export", [custom, str(tmp_path / "m.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert "no published weights" in err and "pretrained=" not in err

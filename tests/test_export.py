@@ -52,3 +52,20 @@ def test_bad_output_name_is_an_invalid_argument(tmp_path, capsys):
         export_onnx(DaViTClassifier("tiny", num_classes=2), tmp_path / "model.bin")
     assert run_subcommand("export", ["tiny", str(tmp_path / "tiny.bin"), "--random-weights"]) == 1
     assert "must end in .onnx" in capsys.readouterr().err
+
+
+def test_the_card_travels_in_the_onnx_file_and_the_cli_is_quiet(tmp_path, capsys):
+    from davit import get_model, save_pretrained
+    from davit.checkpoint.card import ModelCard, Preprocessing
+    from davit.export import read_onnx_card
+
+    model = get_model("tiny", num_classes=2)
+    model.card = ModelCard("tiny", 2, ("no", "yes"), Preprocessing(72, 64, "bilinear"))
+    model.class_names = ["no", "yes"]
+    folder = save_pretrained(model, tmp_path / "ft")
+    out = tmp_path / "ft.onnx"
+    assert run_subcommand("export", [str(folder), str(out), "--input-size", "64", "64"]) == 0
+    assert read_onnx_card(out) == model.card
+    captured = capsys.readouterr()
+    assert captured.out == f"wrote {out}\n"
+    assert "onnxscript" not in captured.err and len(captured.err.splitlines()) <= 3, captured.err

@@ -15,7 +15,9 @@ def test_zoo_name():
     assert ref.arch == ARCHS["small"] and ref.num_classes == 1000
     assert ref.weights.startswith("https://download.openmmlab.com/") and ref.weights.endswith(".pth")
     assert resolve_model("davit-base_msft_in1k").weights == "hf-hub:timm/davit_base.msft_in1k"
-    assert resolve_model("davit-giant") == ModelRef(ARCHS["giant"])
+    giant = resolve_model("davit-giant")
+    assert (giant.arch, giant.num_classes, giant.weights) == (ARCHS["giant"], 1000, None)
+    assert giant.card.arch == "giant" and giant.card.class_names[0] == "tench, Tinca tinca"
 
 
 def test_architecture_name():
@@ -88,3 +90,37 @@ def test_a_model_name_wins_over_a_file_of_that_name(tmp_path, monkeypatch):
     with pytest.raises(InvalidArgumentError, match="no published weights"):
         resolve_weights("tiny")
     assert resolve_weights("davit-tiny_msft_in1k") == "hf-hub:timm/davit_tiny.msft_in1k"
+
+
+def test_every_kind_of_source_resolves(tmp_path):
+    from davit import get_model, save_pretrained
+    from davit.checkpoint.io import save_state_dict_file
+    from tests.paths import REPO
+
+    model = get_model(MINI, num_classes=3)
+    folder = save_pretrained(model, tmp_path / "folder")
+    assert resolve_weights(folder) == str(folder / "model.safetensors")
+    ref = resolve_model(str(folder))
+    assert (ref.arch, ref.num_classes, ref.weights) == (MINI_ARCH, 3, str(folder))
+    checkpoint = save_state_dict_file(model.state_dict(), tmp_path / "mini.pth", metadata=ref.card.to_metadata())
+    assert resolve_model(checkpoint).card == ref.card
+    config = tmp_path / "digits.py"
+    config.write_text(f"_base_ = [{str(REPO / 'configs/davit/davit-digits_1xb64.py')!r}]\n"
+                      f"load_from = {str(checkpoint)!r}\n")
+    assert resolve_weights(config) == str(checkpoint)
+    assert resolve_model(config).backbone_options["drop_path_rate"] == 0.0
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointNotFoundError, match="holds no model.safetensors"):
+        resolve_weights(tmp_path / "empty")
+    with pytest.raises(CheckpointNotFoundError, match="does not exist"):
+        resolve_model(str(tmp_path / "nowhere.pth"))
+
+
+def test_weights_without_a_card_or_a_standard_architecture(tmp_path):
+    from davit.checkpoint.io import save_state_dict_file
+    from davit.errors import CheckpointError
+    from davit.model import DaViTClassifier
+
+    path = save_state_dict_file(DaViTClassifier(MINI_ARCH, num_classes=2).state_dict(), tmp_path / "m.pth")
+    with pytest.raises(CheckpointError, match="no model card.*name the architecture"):
+        resolve_model(str(path))

@@ -1,5 +1,7 @@
 """DaViT: Dual Attention Vision Transformers."""
 from .api import get_model, inference_model
+from .checkpoint.card import ModelCard, Preprocessing
+from .checkpoint.pretrained import push_to_hub, save_pretrained
 from .kernels import fast_kernels, fast_kernels_enabled
 from .model import ARCHS, DaViT, DaViTArch, DaViTClassifier
 from .resolve import ModelRef, resolve_model, resolve_weights
@@ -11,13 +13,17 @@ __all__ = [
            "DaViT",
            "DaViTArch",
            "DaViTClassifier",
+           "ModelCard",
            "ModelRef",
+           "Preprocessing",
            "__version__",
            "fast_kernels",
            "fast_kernels_enabled",
            "get_model",
            "inference_model",
            "list_models",
+           "push_to_hub",
            "resolve_model",
            "resolve_weights",
+           "save_pretrained",
 ]

@@ -2,64 +2,76 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .checkpoint.load import checkpoint_num_classes, load_pretrained, read_checkpoint
-from .data import ImageLoadError, build_test_transform, imagenet_classes
+from .checkpoint.card import ModelCard, default_card
+from .checkpoint.load import checkpoint_num_classes, load_checkpoint, load_pretrained
+from .data import ImageLoadError, TestTransform, build_test_transform, imagenet_classes
 from .engine.predict import class_probabilities
-from .errors import InvalidArgumentError
-from .model import DaViTArch, DaViTClassifier
-from .resolve import resolve_device, resolve_model, resolve_weights
+from .errors import CheckpointMismatchError, InvalidArgumentError
+from .model import ARCHS, DaViTArch, DaViTClassifier
+from .resolve import ModelRef, resolve_device, resolve_model, resolve_weights
 
 logger = logging.getLogger("davit")
 
 ImageInput = Any  # a file path, a PIL image or an HxWx3 uint8 array
+ModelSource = str | Path | dict | DaViTArch  # see davit.resolve.resolve_model
 
 
-def get_model(model: str | dict | DaViTArch, pretrained: bool | str | Path = False,
+def get_model(model: ModelSource, pretrained: bool | str | Path | None = None,
               num_classes: int | None = None, device: str | torch.device | None = None,
-              semantics: str = "official", progress: bool = True,
+              semantics: str | None = None, progress: bool = True,
               **backbone_options: Any) -> DaViTClassifier:
-    """Build a DaViT classifier by zoo name (``davit-tiny_3rdparty_in1k``), architecture name
-    (``tiny``), custom architecture dict or JSON object (see :func:`davit.resolve.resolve_model`).
+    """Build a DaViT classifier from a zoo name (``davit-tiny_3rdparty_in1k``), an architecture
+    name (``tiny``), a custom architecture (dict, JSON object or record), an mmpretrain-style
+    config file, or a checkpoint file, URL, ``save_pretrained`` folder or ``hf-hub:`` name (see
+    :func:`davit.resolve.resolve_model`). The model's card (architecture, class names,
+    preprocessing) comes from the weights when they carry one; ``model.card`` and
+    ``model.class_names`` hold it.
 
     Args:
-        pretrained: False for random weights, True for the zoo entry's weights, or a checkpoint
-            path, URL or ``hf-hub:`` name in any supported format.
+        pretrained: False for random weights, True for the model's own weights (the zoo entry's,
+            the checkpoint's, the config's ``load_from``), or a checkpoint path, URL, folder or
+            ``hf-hub:`` name in any supported format. The default (None) loads the weights when
+            ``model`` names weights (a file, URL, folder or ``hf-hub:`` name) and builds random
+            weights for a zoo name, architecture or config, as mmpretrain does.
         num_classes: classifier size; defaults to the checkpoint's (or the zoo's) class count. A
             different count re-initialises the classifier layer for fine-tuning.
         device: where to put the model.
-        semantics: ``"official"`` (default) or ``"mmpretrain"`` to reproduce mmpretrain's port.
+        semantics: ``"official"`` or ``"mmpretrain"`` (mmpretrain's port); default: the card's.
         backbone_options: ``drop_path_rate``, ``out_indices``, ``frozen_stages``,
             ``grad_checkpointing``, ``in_chans``.
     """
-    ref = resolve_model(model)
     target = resolve_device(device) if device is not None else None  # fail before any download
-    source = _weights_source(model, pretrained)
-    state_dict = read_checkpoint(source, progress=progress) if source is not None else None
-    ckpt_classes = checkpoint_num_classes(state_dict) if state_dict is not None else None
-    classes = num_classes if num_classes is not None else (ckpt_classes or ref.num_classes)
-    net = DaViTClassifier(ref.arch, num_classes=classes, semantics=semantics, **backbone_options)
+    ref = resolve_model(model, progress=progress)
+    source = _weights_source(ref, model, ref.is_weights if pretrained is None else pretrained)
+    state_dict, file_card = load_checkpoint(source, progress) if source is not None else (None, None)
+    card = _card(ref, file_card, state_dict, num_classes, semantics)
+    net = DaViTClassifier(card.arch, num_classes=card.num_classes, semantics=card.semantics,
+                          **{**ref.backbone_options, **backbone_options})
     if state_dict is not None:
         load_pretrained(net, state_dict)
-    if classes == 1000:
-        net.class_names = imagenet_classes()
+    _attach(net, card)
     net.eval()
     return net.to(target) if target is not None else net
 
 
-def _weights_source(model: str | dict | DaViTArch, pretrained: bool | str | Path) -> str | Path | None:
-    """The checkpoint that ``pretrained`` asks for: None, the zoo entry's weights or a source."""
+def _weights_source(ref: ModelRef, model: ModelSource,
+                    pretrained: bool | str | Path | None) -> str | Path | None:
+    """The checkpoint that ``pretrained`` asks for: None, the model's own weights or a source."""
     if pretrained is True:
-        if not isinstance(model, str):
-            raise InvalidArgumentError("a custom architecture has no published weights; pass "
-                                       "pretrained=<path, URL or hf-hub: name>")
-        return resolve_weights(model)
+        if ref.weights is not None:
+            return ref.weights
+        if ref.card is None and not (isinstance(model, str) and model in ARCHS):
+            raise InvalidArgumentError("a custom architecture has no published weights; give a "
+                                       "checkpoint (path, URL, folder or hf-hub: name) for it")
+        return resolve_weights(str(model))  # says why the name has none
     if pretrained is False or pretrained is None:
         return None
     if isinstance(pretrained, (str, Path)):
@@ -68,26 +80,65 @@ def _weights_source(model: str | dict | DaViTArch, pretrained: bool | str | Path
                                f"not {type(pretrained).__name__}")
 
 
-def inference_model(model: DaViTClassifier | str, inputs: ImageInput | Sequence[ImageInput],
+def _card(ref: ModelRef, file_card: ModelCard | None, state_dict: Mapping[str, torch.Tensor] | None,
+          num_classes: int | None, semantics: str | None) -> ModelCard:
+    """The card of the model being built: the weights' card, else the model source's, with the
+    class count of the weights and then the caller's, and the caller's semantics."""
+    if file_card is not None and file_card.architecture != ref.arch:
+        theirs, ours = file_card.architecture, ref.arch
+        raise CheckpointMismatchError(
+            f"the checkpoint's model card describes another architecture (embed_dims="
+            f"{list(theirs.embed_dims)}, depths={list(theirs.depths)}) than the model asked for "
+            f"(embed_dims={list(ours.embed_dims)}, depths={list(ours.depths)}); load the "
+            "checkpoint by itself, as the model")
+    card = file_card or ref.card or default_card(ref.arch, ref.num_classes)
+    card = _with_classes(card, checkpoint_num_classes(state_dict) if state_dict is not None else None)
+    card = _with_classes(card, num_classes)
+    return replace(card, semantics=semantics) if semantics is not None else card
+
+
+def _with_classes(card: ModelCard, num_classes: int | None) -> ModelCard:
+    """``card`` for a classifier of ``num_classes`` (its names dropped: they belong to the old
+    classifier, except ImageNet's for 1000)."""
+    if num_classes is None or num_classes == card.num_classes:
+        return card
+    names = tuple(imagenet_classes()) if num_classes == 1000 else None
+    return replace(card, num_classes=num_classes, class_names=names)
+
+
+def _attach(model: DaViTClassifier, card: ModelCard) -> None:
+    model.card = card
+    model.class_names = list(card.class_names) if card.class_names is not None else None
+
+
+def inference_model(model: DaViTClassifier | ModelSource, inputs: ImageInput | Sequence[ImageInput],
                     device: str | torch.device | None = None, batch_size: int = 16,
-                    **model_options: Any) -> dict | list[dict]:
-    """Classify one image (returns a dict) or a list of images (returns a list of dicts).
+                    pretrained: bool | str | Path = True, **model_options: Any) -> dict | list[dict]:
+    """Classify one image (returns a dict) or a list of images (returns a list of dicts), each
+    preprocessed as the model's card says.
 
     Each result has mmpretrain's keys ``pred_label``, ``pred_score``, ``pred_scores`` (all class
-    probabilities) and, when the model knows its class names, ``pred_class``. ``model`` may be a
-    model or a zoo name (loaded with its pretrained weights). In a list, an image that cannot be
-    read gives ``{"error": message}`` in its place and is logged; the other results are kept. A
-    single unreadable image raises :class:`ImageLoadError`.
+    probabilities) and, when the model knows its class names, ``pred_class``. As in mmpretrain,
+    ``model`` is a model or anything :func:`get_model` takes (a name, a config file, a
+    checkpoint), built with ``pretrained`` (default: its own weights); ``pretrained`` naming a
+    checkpoint is loaded into a given model too. In a list, an image that cannot be read gives
+    ``{"error": message}`` in its place and is logged; the other results are kept. A single
+    unreadable image raises :class:`ImageLoadError`.
     """
     if batch_size < 1:
         raise InvalidArgumentError(f"batch_size must be at least 1, got {batch_size}")
-    if isinstance(model, str):
-        model = get_model(model, pretrained=True, device=device, **model_options)
-    elif device is not None:
-        model = model.to(resolve_device(device))
+    if not isinstance(model, DaViTClassifier):
+        model = get_model(model, pretrained=pretrained, device=device, **model_options)
+    else:
+        if isinstance(pretrained, (str, Path)):
+            _load_weights(model, pretrained)
+        if device is not None:
+            model = model.to(resolve_device(device))
     single = not isinstance(inputs, (list, tuple))
     items = [inputs] if single else list(inputs)
-    tensors, errors = _preprocess(items, raise_errors=single)
+    card = getattr(model, "card", None)
+    transform = card.preprocessing.transform() if card is not None else build_test_transform()
+    tensors, errors = _preprocess(items, transform, raise_errors=single)
     probabilities = _probabilities(model, tensors, batch_size)
     names = getattr(model, "class_names", None)
     results = [{"error": errors[index]} if index in errors
@@ -95,10 +146,19 @@ def inference_model(model: DaViTClassifier | str, inputs: ImageInput | Sequence[
     return results[0] if single else results
 
 
-def _preprocess(items: list[ImageInput], raise_errors: bool) -> tuple[dict[int, torch.Tensor],
-                                                                        dict[int, str]]:
+def _load_weights(model: DaViTClassifier, source: str | Path) -> None:
+    """Load ``source`` into ``model`` (a different class count keeps the model's classifier) and
+    take the card the weights carry."""
+    state_dict, file_card = load_checkpoint(source)
+    ref = ModelRef(model.arch, model.num_classes, None, getattr(model, "card", None))
+    card = _card(ref, file_card, state_dict, model.num_classes, model.semantics)
+    load_pretrained(model, state_dict)
+    _attach(model, card)
+
+
+def _preprocess(items: list[ImageInput], transform: TestTransform,
+                raise_errors: bool) -> tuple[dict[int, torch.Tensor], dict[int, str]]:
     """The test-time tensors of the readable items and the messages of the others, by index."""
-    transform = build_test_transform()
     tensors: dict[int, torch.Tensor] = {}
     errors: dict[int, str] = {}
     for index, item in enumerate(items):

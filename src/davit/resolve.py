@@ -1,55 +1,89 @@
 """One resolver for the ways a user names a model, its weights or a device.
 
 A *model* is a zoo name (``davit-tiny_3rdparty_in1k``), an architecture name (``tiny``), a dict
-or JSON object of architecture fields, or a :class:`~davit.model.DaViTArch`. A *weights source*
-is a zoo name with published weights, a file path, an http(s) URL or an ``hf-hub:`` name. Every
-entry point (the Python API, ``davit`` subcommands, ``tools/*.py``, configs' ``load_from``) goes
-through these functions, so a name means the same thing everywhere.
+or JSON object of architecture fields, a :class:`~davit.model.DaViTArch`, an mmpretrain-style
+config file (``.py``: the ``model`` section and the test pipeline), or a *weights source* that
+carries its own description: a checkpoint file, an http(s) URL, a ``save_pretrained`` folder or an
+``hf-hub:`` name. A weights source is also any zoo name with published weights, and a config whose
+``load_from`` names one. Every entry point (the Python API, ``davit`` subcommands, ``tools/*.py``,
+configs' ``load_from``) goes through these functions, so a name means the same thing everywhere.
 """
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .checkpoint.card import ModelCard, card_from_metadata, config_card, default_card, guess_arch, guessed_card
 from .checkpoint.download import download_checkpoint
-from .checkpoint.hub import download_hf_checkpoint, is_hf_hub_name
-from .errors import CheckpointNotFoundError, DavitError, DeviceError, InvalidArgumentError
+from .checkpoint.formats import to_davit
+from .checkpoint.hub import WEIGHT_FILES, download_hf_checkpoint, download_hf_file, is_hf_hub_name
+from .checkpoint.io import load_state_dict_file, read_raw_metadata
+from .checkpoint.pretrained import CONFIG_FILE, read_pretrained_config
+from .config import load_config
+from .config.specs import model_spec
+from .errors import CheckpointError, CheckpointNotFoundError, DavitError, DeviceError, InvalidArgumentError
 from .model.archs import ARCHS, DaViTArch, resolve_arch
-from .zoo import MODELS, get_model_info
+from .zoo import MODELS, ModelInfo, get_model_info
 
 _REMOTE = re.compile(r"^(https?://|hf-hub:)")
+_FILE_LIKE = (".py", ".pth", ".pt", ".bin", ".safetensors", ".json")
 
 
 @dataclass(frozen=True)
 class ModelRef:
-    """What a model name stands for: its architecture, class count and published weights."""
+    """What a model name stands for: its architecture, class count and weights, and, when the
+    source describes itself (zoo entries, checkpoints, folders, configs), its card and the
+    backbone options of a config."""
 
     arch: DaViTArch
     num_classes: int = 1000
     weights: str | None = None
+    card: ModelCard | None = None
+    backbone_options: dict[str, Any] = field(default_factory=dict)
+    # Named by its weights (a checkpoint file, URL, folder or hf-hub: name), not by a name or config.
+    is_weights: bool = False
 
 
-def resolve_model(model: str | dict[str, Any] | DaViTArch) -> ModelRef:
-    """The :class:`ModelRef` of a zoo name, an architecture name, a JSON object or a dict of
-    architecture fields, or a :class:`DaViTArch`."""
-    if not isinstance(model, str):
+def resolve_model(model: str | Path | dict[str, Any] | DaViTArch, progress: bool = True) -> ModelRef:
+    """The :class:`ModelRef` of any model named as the module docstring lists. Weights sources
+    are downloaded (into the caches) to read their card."""
+    if not isinstance(model, (str, Path)):
         return ModelRef(_checked_arch(model))
-    text = model.strip()
+    text = str(model).strip()
     if text.startswith("{"):
         try:
             fields = json.loads(text)
         except json.JSONDecodeError as error:
-            raise InvalidArgumentError(f"the model {model!r} is not valid JSON: {error}") from None
+            raise InvalidArgumentError(f"the model {text!r} is not valid JSON: {error}") from None
         return ModelRef(_checked_arch(fields))
     if text in ARCHS:
         return ModelRef(ARCHS[text])
-    info = get_model_info(text)
-    return ModelRef(ARCHS[info.arch], info.num_classes, info.weights)
+    if text in MODELS:
+        return _zoo_ref(MODELS[text])
+    if is_hf_hub_name(text):
+        config = download_hf_file(text, (CONFIG_FILE,), missing_ok=True)
+        return _described(text, read_pretrained_config(config) if config else None, progress)
+    path = Path(text).expanduser()
+    if path.is_file() and path.suffix == ".py":
+        return _config_ref(path)
+    if _REMOTE.match(text) or path.is_file():
+        return _described(text, None, progress)
+    if path.is_dir():
+        config = path / CONFIG_FILE
+        return _described(text, read_pretrained_config(config) if config.is_file() else None, progress)
+    if path.suffix in _FILE_LIKE or "/" in text:
+        raise CheckpointNotFoundError(f"{text!r} does not exist: it is neither a file nor a folder")
+    return _zoo_ref(get_model_info(text))  # an unknown name raises, suggesting close ones
+
+
+def _zoo_ref(info: ModelInfo) -> ModelRef:
+    return ModelRef(ARCHS[info.arch], info.num_classes, info.weights,
+                    default_card(info.arch, info.num_classes))
 
 
 def _checked_arch(spec: Any) -> DaViTArch:
@@ -63,22 +97,68 @@ def _checked_arch(spec: Any) -> DaViTArch:
         raise InvalidArgumentError(f"invalid architecture: {error}") from error
 
 
+def _described(source: str, card: ModelCard | None, progress: bool) -> ModelRef:
+    """The ref of a weights source: its card (``card``, else the one in the weights' metadata,
+    else one guessed from the tensors' shapes)."""
+    if card is None:
+        path = fetch_weights(source, progress=progress)
+        card = card_from_metadata(read_raw_metadata(path), str(path)) or _guessed_card(path)
+    return ModelRef(card.architecture, card.num_classes, source, card, is_weights=True)
+
+
+def _guessed_card(path: Path) -> ModelCard:
+    """The default card of weights without one (published checkpoints, older versions' files),
+    for the standard architecture their tensors have."""
+    state_dict = to_davit(load_state_dict_file(path))
+    card = guessed_card(state_dict)
+    if card is None:
+        raise CheckpointError(
+            f"{path} carries no model card and its tensors ({guess_arch(state_dict) or 'no DaViT stages'}) "
+            "are not one of the standard architectures; name the architecture as the model and give "
+            "this file as its weights")
+    return card
+
+
+def _config_ref(path: Path) -> ModelRef:
+    """The ref of an mmpretrain-style config: the model from its ``model`` section, the
+    preprocessing from its test (else validation) pipeline, the weights from ``load_from``."""
+    cfg = load_config(path)
+    spec = model_spec(cfg.get("model") or {})
+    card = config_card(spec, cfg)
+    weights = cfg.get("load_from")
+    return ModelRef(spec.arch, spec.num_classes, str(weights) if weights else None, card,
+                    dict(spec.backbone_options))
+
+
 def resolve_weights(source: str | Path) -> str:
-    """Where the weights named by ``source`` live: a zoo name's published weights, or ``source``
-    itself when it is an existing file, an http(s) URL or an ``hf-hub:`` name."""
+    """Where the weights named by ``source`` live: a zoo name's published weights, the weights
+    file of a ``save_pretrained`` folder, a config's ``load_from``, or ``source`` itself when it
+    is an existing file, an http(s) URL or an ``hf-hub:`` name."""
     text = str(source)
     if text in MODELS or text in ARCHS:  # a model's name wins over a file of that name
         weights = MODELS[text].weights if text in MODELS else None
         if weights is None:
             raise InvalidArgumentError(
-                f"{text!r} has no published weights; give a checkpoint file, URL or hf-hub: name, "
-                "or a name from `davit list --pretrained`")
+                f"{text!r} has no published weights; give a checkpoint file, folder, URL or "
+                "hf-hub: name, or a name from `davit list --pretrained`")
         return weights
-    if _REMOTE.match(text) or Path(text).expanduser().is_file():
+    path = Path(text).expanduser()
+    if path.is_file() and path.suffix == ".py":
+        weights = load_config(path).get("load_from")
+        if not weights:
+            raise InvalidArgumentError(f"the config {text} has no load_from, so it names no "
+                                       "weights; give a checkpoint as well")
+        return resolve_weights(str(weights))
+    if path.is_dir():
+        found = next((path / name for name in WEIGHT_FILES if (path / name).is_file()), None)
+        if found is None:
+            raise CheckpointNotFoundError(f"the folder {text} holds no {' or '.join(WEIGHT_FILES)}")
+        return str(found)
+    if _REMOTE.match(text) or path.is_file():
         return text
     raise CheckpointNotFoundError(
-        f"checkpoint {text!r} does not exist: it is neither a file, an http(s) URL, an hf-hub: "
-        "name nor a model name with published weights (`davit list --pretrained`)")
+        f"checkpoint {text!r} does not exist: it is neither a file, a folder, an http(s) URL, an "
+        "hf-hub: name nor a model name with published weights (`davit list --pretrained`)")
 
 
 def fetch_weights(source: str | Path, progress: bool = True) -> Path:

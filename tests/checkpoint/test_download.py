@@ -2,13 +2,14 @@ import hashlib
 import os
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
 from huggingface_hub import constants as hf_constants
-from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
+from huggingface_hub.utils import EntryNotFoundError
 
 from davit.checkpoint import download as dl
 from davit.checkpoint import hub
@@ -246,32 +247,56 @@ def test_hf_offline_from_cache(hf_cache, filename):
 
 
 class FakeHub:
-    """Stands in for ``hf_hub_download``: raises ``errors[filename]`` or returns a fake path."""
+    """Stands in for the Hub: ``probe`` (``get_hf_file_metadata``) raises ``errors[filename]``,
+    ``download`` (``hf_hub_download``) returns a fake cache path; both record their calls."""
 
     def __init__(self, errors: dict[str, Exception]):
-        self.errors, self.calls = errors, []
+        self.errors, self.probed, self.downloaded = errors, [], []
 
-    def __call__(self, repo_id, filename, *, revision=None, local_files_only=False):
-        self.calls.append((filename, local_files_only))
+    def probe(self, url, timeout=None):
+        filename = url.rsplit("/", 1)[-1]
+        self.probed.append(filename)
         if filename in self.errors:
             raise self.errors[filename]
+
+    def download(self, repo_id, filename, *, revision=None):
+        self.downloaded.append(filename)
         return f"/cache/{repo_id}/{filename}"
 
+    def install(self, monkeypatch):
+        monkeypatch.setattr(hub, "get_hf_file_metadata", self.probe)
+        monkeypatch.setattr(hub, "hf_hub_download", self.download)
+        monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+        return self
 
-@pytest.mark.parametrize("missing, bin_local_only", [
-    (EntryNotFoundError("no such file on the Hub"), False),
-    (LocalEntryNotFoundError("Hub unreachable and not cached"), True),
-])
-def test_hf_falls_back_to_pytorch_model_bin(monkeypatch, missing, bin_local_only):
-    fake = FakeHub({"model.safetensors": missing})
-    monkeypatch.setattr(hub, "hf_hub_download", fake)
+
+def test_hf_falls_back_to_pytorch_model_bin(monkeypatch):
+    fake = FakeHub({"model.safetensors": EntryNotFoundError("no such file on the Hub")}).install(monkeypatch)
     assert download_hf_checkpoint(f"hf-hub:{HF_REPO}") == Path(f"/cache/{HF_REPO}/pytorch_model.bin")
-    assert fake.calls == [("model.safetensors", False), ("pytorch_model.bin", bin_local_only)]
+    assert fake.probed == ["model.safetensors", "pytorch_model.bin"]
+    assert fake.downloaded == ["pytorch_model.bin"]
 
 
-def test_hf_other_errors_do_not_fall_back(monkeypatch):
-    fake = FakeHub({"model.safetensors": ConnectionError("repo not found")})
-    monkeypatch.setattr(hub, "hf_hub_download", fake)
-    with pytest.raises(DownloadError, match=f"{HF_REPO}.*repo not found"):
+def test_hf_without_network_fails_at_once_naming_the_cache(hf_cache, monkeypatch):
+    fake = FakeHub({name: ConnectionError("Name or service not known") for name in hub.WEIGHT_FILES})
+    fake.install(monkeypatch)
+    started = time.perf_counter()
+    with pytest.raises(DownloadError, match="unreachable.*Name or service not known") as info:
         download_hf_checkpoint(f"hf-hub:{HF_REPO}")
-    assert fake.calls == [("model.safetensors", False)]
+    assert time.perf_counter() - started < 2 and fake.downloaded == []
+    assert str(hf_cache / f"models--{HF_REPO.replace('/', '--')}") in str(info.value)
+
+
+def test_hf_without_network_uses_the_cache(hf_cache, monkeypatch):
+    target = _put_in_hf_cache(hf_cache, "model.safetensors")
+    FakeHub({"model.safetensors": TimeoutError("timed out")}).install(monkeypatch)
+    assert download_hf_checkpoint(f"hf-hub:{HF_REPO}") == target
+
+
+def test_hf_offline_asks_no_one(hf_cache, monkeypatch):
+    fake = FakeHub({})
+    monkeypatch.setattr(hub, "get_hf_file_metadata", fake.probe)
+    monkeypatch.setattr(hub, "hf_hub_download", fake.download)
+    with pytest.raises(DownloadError, match="HF_HUB_OFFLINE=1") as info:
+        download_hf_checkpoint(f"hf-hub:{HF_REPO}")
+    assert fake.probed == fake.downloaded == [] and str(hf_cache) in str(info.value)

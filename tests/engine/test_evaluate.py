@@ -244,7 +244,7 @@ def test_checkpoint_that_does_not_fit_the_architecture(tiny_checkpoint, tiny_dat
     ("model.head.in_channels=100", "set model.head.in_channels=64"),
     ("test_dataloader.dataset.pipeline.1.backend=cv2", "use backend='pillow'"),
     ("data_preprocessor.to_rgb=False", "set data_preprocessor.to_rgb=True"),
-    ("test_evaluator.topk=(1,20)", "between 1 and the model's 10 classes"),
+    ("test_evaluator.topk=(0,1)", "test_evaluator.topk must be a positive integer or a list of them"),
 ])
 def test_config_the_evaluator_cannot_honour(override, phrase, tiny_checkpoint, tiny_data, capsys,
                                             no_model_work):

@@ -44,8 +44,15 @@ def _existing(path: PathLike) -> Path:
     return path
 
 
-def _torch_load(path: Path) -> Any:
+def _torch_load(path: Path, mmap: bool = False) -> Any:
+    """``torch.load`` with weights only; ``mmap`` maps the tensors instead of reading them (for
+    a look at the metadata), where the file's format allows it."""
     try:
+        if mmap:
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # a legacy (non-zip) file cannot be mapped
+                pass
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if _UNSAFE_PICKLE.search(str(e)):
@@ -88,18 +95,32 @@ def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
     return state
 
 
+def read_checkpoint_file(path: PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The state dict of ``path`` on the CPU (training wrappers and DDP/compile prefixes removed)
+    and its metadata: the safetensors header's, or the ``meta`` dict of a ``.pth`` file."""
+    path = _existing(path)
+    if not _is_safetensors(path):
+        obj = _torch_load(path)
+        return _unwrap(obj, path), _meta_of(obj)
+    try:
+        with safetensors.safe_open(path, framework="pt", device="cpu") as f:
+            names = f.keys()  # a safe_open handle is not iterable
+            return _unwrap({k: f.get_tensor(k) for k in names}, path), dict(f.metadata() or {})
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from None
+
+
 def load_state_dict_file(path: PathLike) -> dict[str, Tensor]:
     """Load a state dict from ``path`` onto the CPU, unwrapping training wrappers and DDP/compile prefixes."""
-    path = _existing(path)
-    if _is_safetensors(path):
-        try:
-            obj = safetensors.torch.load_file(path, device="cpu")
-        except Exception as e:
-            raise CheckpointError(
-                f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from None
-    else:
-        obj = _torch_load(path)
-    return _unwrap(obj, path)
+    return read_checkpoint_file(path)[0]
+
+
+def _meta_of(obj: Any) -> dict[str, Any]:
+    meta = obj.get("meta") if isinstance(obj, Mapping) else None
+    return {str(k): v for k, v in meta.items()} if isinstance(meta, Mapping) else {}
 
 
 @contextmanager
@@ -126,7 +147,7 @@ def save_state_dict_file(state_dict: Mapping[str, Tensor], path: PathLike,
     path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path) as tmp:
         if _is_safetensors(path):
-            tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
+            tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
             safetensors.torch.save_file(tensors, tmp, metadata=dict(metadata) if metadata else None)
         else:
             torch.save({"state_dict": dict(state_dict), "meta": dict(metadata or {})}, tmp)
@@ -134,17 +155,20 @@ def save_state_dict_file(state_dict: Mapping[str, Tensor], path: PathLike,
 
 
 def read_metadata(path: PathLike) -> dict[str, str]:
-    """Return the safetensors header metadata, or the ``meta`` dict of a ``.pth`` file ({} when none)."""
+    """Return the safetensors header metadata, or the ``meta`` dict of a ``.pth`` file ({} when
+    none), values as strings."""
+    return {k: v if isinstance(v, str) else str(v) for k, v in read_raw_metadata(path).items()}
+
+
+def read_raw_metadata(path: PathLike) -> dict[str, Any]:
+    """The metadata of ``path`` as stored (a ``.pth`` ``meta`` may hold more than strings),
+    without reading the tensors."""
     path = _existing(path)
-    if _is_safetensors(path):
-        try:
-            with safetensors.safe_open(path, framework="pt") as f:
-                return dict(f.metadata() or {})
-        except Exception as e:
-            raise CheckpointError(
-                f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from None
-    obj = _torch_load(path)
-    meta = obj.get("meta") if isinstance(obj, Mapping) else None
-    if not isinstance(meta, Mapping):
-        return {}
-    return {str(k): v if isinstance(v, str) else str(v) for k, v in meta.items()}
+    if not _is_safetensors(path):
+        return _meta_of(_torch_load(path, mmap=True))
+    try:
+        with safetensors.safe_open(path, framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file (corrupt or truncated?): {e}") from None

@@ -2,17 +2,16 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from torch import Tensor, nn
 
 from ..errors import CheckpointMismatchError
-from ..model.archs import ARCHS
 from ..resolve import fetch_weights
+from .card import ModelCard, card_from_metadata, guess_arch
 from .formats import to_davit
-from .io import load_state_dict_file
+from .io import read_checkpoint_file
 
 logger = logging.getLogger("davit")
 
@@ -20,30 +19,28 @@ HEAD_KEYS = ("head.fc.weight", "head.fc.bias")
 
 
 
+def load_checkpoint(source: str | Path, progress: bool = True) -> tuple[dict[str, Tensor], ModelCard | None]:
+    """Read a checkpoint from any weights source (see :func:`davit.resolve.resolve_weights`):
+    its tensors renamed to this library's keys, and the model card it carries (checked against
+    the tensors), None when it has none."""
+    path = fetch_weights(source, progress=progress)
+    state_dict, meta = read_checkpoint_file(path)
+    state_dict = to_davit(state_dict)
+    card = card_from_metadata(meta, str(path))
+    if card is not None:
+        card.check(state_dict, str(path))
+    return state_dict, card
+
+
 def read_checkpoint(source: str | Path, progress: bool = True) -> dict[str, Tensor]:
     """Read a checkpoint from a path, URL, hub name or zoo name and rename its keys to this library's."""
-    return to_davit(load_state_dict_file(fetch_weights(source, progress=progress)))
+    return load_checkpoint(source, progress)[0]
 
 
 def checkpoint_num_classes(state_dict: Mapping[str, Tensor]) -> int | None:
     """The class count of a (davit-format) state dict's classifier, None when it has none."""
     weight = state_dict.get("head.fc.weight")
     return None if weight is None else int(weight.shape[0])
-
-
-def guess_arch(state_dict: Mapping[str, Tensor]) -> str | None:
-    """Name the standard architecture whose widths and depths a davit-format state dict has."""
-    dims, depths = [], []
-    stage = 0
-    while f"backbone.stages.{stage}.blocks.0.spatial.norm1.weight" in state_dict:
-        dims.append(int(state_dict[f"backbone.stages.{stage}.blocks.0.spatial.norm1.weight"].shape[0]))
-        depths.append(sum(1 for k in state_dict
-                          if re.match(rf"^backbone\.stages\.{stage}\.blocks\.\d+\.spatial\.norm1\.weight$", k)))
-        stage += 1
-    for name, arch in ARCHS.items():
-        if tuple(dims) == arch.embed_dims and tuple(depths) == arch.depths:
-            return name
-    return f"embed_dims={dims}, depths={depths}" if dims else None
 
 
 def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], reset_head: bool = False) -> None:

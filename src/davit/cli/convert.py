@@ -1,4 +1,4 @@
-"""``davit convert``: rewrite a checkpoint in another format's key names."""
+"""``davit convert``: rewrite a checkpoint in another format's key names, its model card kept."""
 from __future__ import annotations
 
 import argparse
@@ -9,9 +9,10 @@ from ..checkpoint.formats import FORMATS
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("convert", help="convert a checkpoint between formats")
-    parser.add_argument("src", help="checkpoint path, URL or hf-hub: name")
+    parser.add_argument("src", help="checkpoint path, URL, save_pretrained folder, hf-hub: name or "
+                                    "model name with published weights (davit list --pretrained)")
     parser.add_argument("dst", help="output .pth or .safetensors")
-    parser.add_argument("--to", required=True, choices=FORMATS)
+    parser.add_argument("--to", required=True, choices=FORMATS, help="the key layout to write")
     parser.add_argument("--from", dest="source_format", choices=FORMATS, help="default: detected")
     parser.set_defaults(run=run)
     return parser

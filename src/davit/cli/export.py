@@ -10,7 +10,8 @@ from .argtypes import add_checkpoint, add_input_size, add_semantics, positive_in
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("export", help="export a model to ONNX (checked with onnxruntime)")
-    parser.add_argument("model", help="model or architecture name")
+    parser.add_argument("model", help="model or architecture name, config file, checkpoint file or "
+                                      "URL, save_pretrained folder or hf-hub: name")
     parser.add_argument("output", help="output .onnx file")
     add_checkpoint(parser)
     parser.add_argument("--random-weights", action="store_true", help="export without weights")
@@ -26,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     pretrained = args.checkpoint if args.checkpoint else not args.random_weights
     model = get_model(args.model, pretrained=pretrained, semantics=args.semantics,
                       num_classes=args.num_classes)
-    out = export_onnx(model, args.output, tuple(args.input_size), verify=not args.no_verify)
+    out = export_onnx(model, args.output, tuple(args.input_size), verify=not args.no_verify,
+                      quiet=not getattr(args, "verbose", False))
     print(f"wrote {out}")
     return 0

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint.load import load_into, read_checkpoint
+from ..checkpoint.load import load_checkpoint, load_into
 from ..config import dump_config, load_config
 from ..config.data import build_section_dataset, loader_spec, test_transform
 from ..config.specs import EvaluatorSpec, ModelSpec, build_model, evaluator_spec, model_spec
@@ -65,6 +65,7 @@ class _Evaluation:
     world: int = 1
     records: list[dict] | None = None
     seconds: float = 0.0
+    class_names: list[str] | None = None  # the checkpoint's card's, when it has them
 
 
 def evaluate(options: EvaluationOptions) -> None:
@@ -95,8 +96,10 @@ def _predict(run: _Evaluation, options: EvaluationOptions, source: str) -> None:
     main_process = distributed.is_main_process()
     model = build_model(run.spec)
     with distributed.main_process_first():
-        state_dict = read_checkpoint(source, progress=main_process)
+        state_dict, card = load_checkpoint(source, progress=main_process)
     load_into(model, state_dict)
+    if card is not None and card.num_classes == run.spec.num_classes:
+        run.class_names = list(card.class_names) if card.class_names is not None else None
     model.to(run.device).eval()
 
     length = min(len(run.dataset), options.limit or len(run.dataset))
@@ -105,6 +108,8 @@ def _predict(run: _Evaluation, options: EvaluationOptions, source: str) -> None:
               f"depths={list(run.spec.arch.depths)}, semantics={run.spec.semantics}) on {length} "
               f"images from {run.dataset.source}, {run.world} process(es) on {run.device.type}",
               file=sys.stderr)
+        if run.evaluator.note:
+            print(run.evaluator.note, file=sys.stderr)
     loader_cfg = loader_spec(run.cfg.get("test_dataloader") or {}, "test_dataloader")
     batch_size = options.batch_size or loader_cfg.batch_size
     workers = loader_cfg.num_workers if options.num_workers is None else options.num_workers
@@ -131,7 +136,7 @@ def _report(run: _Evaluation, options: EvaluationOptions) -> None:
     metrics = accuracy(records, run.evaluator)
     evaluated = len(records) - len(failed)
     class_names = run.dataset.classes
-    model_names = _model_class_names(class_names, run.spec.num_classes)
+    model_names = run.class_names or _model_class_names(class_names, run.spec.num_classes)
     for record in records:
         if "error" not in record and model_names is not None:
             record["pred_class"] = model_names[record["pred_label"]]

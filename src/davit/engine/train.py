@@ -219,7 +219,7 @@ def _build_state(data: _Data, runtime: RuntimeSpec, options: TrainOptions, devic
         label_smoothing=spec.label_smoothing, amp=amp, num_classes=spec.model.num_classes,
         steps_per_epoch=steps_per_epoch, batches_per_epoch=batches_per_epoch,
         checkpoint_iters=options.checkpoint_iters,
-        meta=run_meta(seed, world, batch_size, spec.model, cfg))
+        meta=run_meta(seed, world, batch_size, spec.model, cfg, data.train_set.classes))
     return TrainState(model, optimizer, scheduler, scaler, ema), plan
 
 

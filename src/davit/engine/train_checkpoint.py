@@ -5,7 +5,8 @@ A checkpoint is a dict of tensors and plain containers, readable with
 :func:`davit.get_model` and ``tools/test.py`` load it directly), ``optimizer``, ``scheduler``,
 ``scaler``, ``state_dict_ema`` and ``ema_n_averaged``, the counters ``epoch``, ``epoch_iter``
 and ``iteration``, ``rng`` (every process's generator states), ``best``, ``metrics`` and
-``meta`` (seed, process count, batch size, model and config). Files are written atomically;
+``meta`` (seed, process count, batch size, model, config and the model card, see
+:mod:`davit.checkpoint.card`). Files are written atomically;
 ``latest.pth`` and ``best.pth`` are links to the newest and the best one.
 """
 from __future__ import annotations
@@ -14,17 +15,19 @@ import logging
 import os
 import random
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import torch
 
+from ..checkpoint.card import config_card
 from ..checkpoint.io import replacing
 from ..checkpoint.load import load_into
 from ..config import format_config
 from ..config.specs import ModelSpec
-from ..errors import CheckpointError, CheckpointMismatchError, CheckpointNotFoundError
+from ..errors import CheckpointError, CheckpointMismatchError, CheckpointNotFoundError, ConfigError
 from . import distributed
 from .state import TrainState
 
@@ -131,12 +134,20 @@ def resume_source(requested: str | None, cfg_resume: Any, load_from: Any, work_d
     return None
 
 
-def run_meta(seed: int, world: int, batch_size: int, spec: ModelSpec, cfg: dict) -> dict[str, Any]:
-    """The ``meta`` entry: what a resumed run and :func:`davit.get_model` need to know."""
+def run_meta(seed: int, world: int, batch_size: int, spec: ModelSpec, cfg: dict,
+             class_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The ``meta`` entry: what a resumed run needs to know, and the model card (the training
+    set's class names, the test or validation pipeline's preprocessing) with which
+    :func:`davit.get_model` and ``davit predict`` rebuild and feed the model."""
+    try:
+        card = config_card(spec, cfg, class_names)
+    except ConfigError as error:
+        logger.warning("the checkpoints record the default preprocessing: %s", error)
+        card = config_card(spec, {}, class_names)
     return {"seed": seed, "world_size": world, "batch_size": batch_size,
             "arch": spec.arch.to_dict(), "num_classes": spec.num_classes,
             "semantics": spec.semantics, "config": format_config(cfg),
-            "torch": str(torch.__version__)}
+            "torch": str(torch.__version__), **card.to_metadata()}
 
 
 def save_training_checkpoint(state: TrainState, path: Path, meta: dict[str, Any],

@@ -1,11 +1,16 @@
 """DaViT image classifier: backbone, then pooling, LayerNorm and a linear layer."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import Tensor, nn
 
 from ..errors import InvalidArgumentError
 from .archs import DaViTArch, resolve_arch, resolve_semantics
 from .backbone import DaViT
+
+if TYPE_CHECKING:  # the card lives above the model; only its type is needed here
+    from ..checkpoint.card import ModelCard
 
 
 class ClassifierHead(nn.Module):
@@ -56,6 +61,7 @@ class DaViTClassifier(nn.Module):
         self.backbone = DaViT(resolved, semantics=semantics, **backbone_options)
         self.num_classes = num_classes
         self.class_names: list[str] | None = None
+        self.card: ModelCard | None = None  # what davit.get_model knows of the weights
         self.num_features = self.backbone.num_features
         self.head = ClassifierHead(self.num_features, num_classes, norm_first=norm_first)
 
