@@ -5,9 +5,19 @@ import pytest
 import torch
 
 from davit.cli.app import run_subcommand
+from davit.engine import infer as infer_module
+from tests.engine.test_infer import TINY_MODEL, write_bad, write_images, write_tiny_checkpoint
 from tests.paths import REPO
 
 CAT = str(REPO / "demo" / "cat.jpg")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> list[str]:
+    """The options of a random 10-class tiny model, decoding in this process."""
+    checkpoint = write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny.pth")
+    return ["--model", TINY_MODEL, "--checkpoint", str(checkpoint), "--device", "cpu",
+            "--num-workers", "0"]
 
 
 def test_predict_json_and_bad_file(tiny_mm_checkpoint, tmp_path, capsys):
@@ -26,14 +36,15 @@ def test_predict_json_and_bad_file(tiny_mm_checkpoint, tmp_path, capsys):
 def test_each_bad_file_is_reported_once_and_the_good_ones_printed(tiny_mm_checkpoint, tmp_path, capsys):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG garbage")
-    missing = tmp_path / "missing.jpg"
-    code = run_subcommand("predict", [str(bad), CAT, str(missing), "--checkpoint",
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes((REPO / "demo" / "cat.jpg").read_bytes()[:2000])
+    code = run_subcommand("predict", [str(bad), CAT, str(cut), "--checkpoint",
                                       str(tiny_mm_checkpoint), "--topk", "2"])
     captured = capsys.readouterr()
     assert code == 1
     errors = captured.err.splitlines()
     assert len(errors) == 2 and all(line.startswith("davit predict: error: ") for line in errors)
-    assert "bad.png" in errors[0] and "missing.jpg" in errors[1]
+    assert "bad.png" in errors[0] and "cut.jpg" in errors[1]
     lines = captured.out.splitlines()
     assert lines[0] == CAT and len(lines) == 3
     score, label, name = lines[1].split(maxsplit=2)
@@ -44,3 +55,76 @@ def test_each_bad_file_is_reported_once_and_the_good_ones_printed(tiny_mm_checkp
 def test_cuda_without_cuda_is_a_device_error(capsys):
     assert run_subcommand("predict", [CAT, "--model", "davit-tiny", "--device", "cuda"]) == 1
     assert capsys.readouterr().err.startswith("davit predict: error: CUDA is not available")
+
+
+def test_good_bad_good_to_a_jsonl_file(tiny, tmp_path, capsys):
+    first, second = write_images(tmp_path, 2)
+    bad = write_bad(tmp_path / "bad.png")
+    out = tmp_path / "r.jsonl"
+    code = run_subcommand("predict", [str(first), str(bad), str(second), *tiny, "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [("error" in r) for r in records] == [False, True, False]
+    assert "bad.png" in records[1]["error"] and "Traceback" not in captured.err
+    assert captured.out == ""
+    assert captured.err.strip() == f"davit predict: 3 image(s) classified, 1 failed; the results are in {out}"
+
+
+def test_folders_and_patterns_to_csv(tiny, tmp_path):
+    images = write_images(tmp_path / "in" / "sub", 2) + write_images(tmp_path / "in", 1, "top")
+    out = tmp_path / "r.csv"
+    assert run_subcommand("predict", [str(tmp_path / "in" / "**" / "*.png"), *tiny,
+                                      "--out", str(out), "--topk", "2"]) == 0
+    rows = out.read_text().splitlines()
+    assert rows[0] == "path,pred_label,pred_class,pred_score,topk_labels,topk_scores,error"
+    assert [row.split(",")[0] for row in rows[1:]] == [str(p) for p in images]
+
+
+def test_a_progress_bar_only_for_many_images(tiny, tmp_path, capsys):
+    few = write_images(tmp_path / "few", 2)
+    assert run_subcommand("predict", [*map(str, few), *tiny]) == 0
+    assert "img/s" not in capsys.readouterr().err
+    write_images(tmp_path / "many", 9)
+    assert run_subcommand("predict", [str(tmp_path / "many"), *tiny, "--batch-size", "4"]) == 0
+    captured = capsys.readouterr()
+    assert "9/9" in captured.err and captured.out.count(str(tmp_path / "many")) == 9
+
+
+def test_bad_inputs_and_outputs_fail_before_the_model(tmp_path, monkeypatch, capsys):
+    def never(*args, **kwargs):
+        raise AssertionError("the model must not be built")
+
+    monkeypatch.setattr(infer_module, "get_model", never)
+    image = str(write_images(tmp_path, 1)[0])
+    for argv in ([image, "--out", str(tmp_path / "missing" / "r.jsonl")],
+                 [image, str(tmp_path / "nothing-*.png")],
+                 [image, "--resume"], [image, "--json", "--out", str(tmp_path / "r.jsonl")]):
+        assert run_subcommand("predict", argv) == 1
+        error = capsys.readouterr().err
+        assert error.startswith("davit predict: error: ") and len(error.splitlines()) == 1
+
+
+def test_ctrl_c_keeps_the_results_and_exits_130(tiny, tmp_path, monkeypatch, capsys):
+    write_images(tmp_path / "in", 5)
+    out = tmp_path / "r.jsonl"
+    original = infer_module.class_probabilities
+    calls = []
+
+    def interrupted_on_the_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(infer_module, "class_probabilities", interrupted_on_the_second_batch)
+    argv = [str(tmp_path / "in"), *tiny, "--out", str(out), "--batch-size", "2"]
+    assert run_subcommand("predict", argv) == 130
+    assert len(out.read_text().splitlines()) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"davit predict: interrupted after 2 of 5 images; their results are in {out}; run the "
+        "same command with --resume to classify the rest")
+    monkeypatch.setattr(infer_module, "class_probabilities", original)
+    assert run_subcommand("predict", [*argv, "--resume"]) == 0
+    assert len(out.read_text().splitlines()) == 5
+    assert "3 image(s) classified, 0 failed, 2 done before" in capsys.readouterr().err

@@ -1,79 +1,107 @@
-"""``davit predict``: classify image files; an unreadable file is reported and the rest still
-classified (exit status 1 when any file failed)."""
+"""``davit predict``: classify image files, folders and patterns (:mod:`davit.engine.infer`).
+
+Results stream to the terminal or, with ``--out``, to a JSON-lines or CSV file. An unreadable
+file is reported once, in its place, and the rest still classified (exit status 1 when any
+failed); Ctrl-C keeps the finished results (exit status 130) and ``--resume`` carries on.
+"""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import logging
-from collections.abc import Iterator, Sequence
+import sys
 
-import torch
+from tqdm import tqdm
 
-from ..api import get_model, inference_model
+from ..engine import distributed
+from ..engine.infer import DEFAULT_MODEL, DTYPES, InferenceInterrupted, InferenceOptions, infer
+from ..errors import InvalidArgumentError
 from .app import print_error
-from .argtypes import add_checkpoint, add_semantics, positive_int
+from .argtypes import add_checkpoint, add_device, add_semantics, non_negative_int, positive_int
+
+DESCRIPTION = """Classify images. Results are printed (or written with --out) as each batch is
+done; torchrun --nproc_per_node N -m davit predict ... shares the images among N processes and
+still writes one output in input order."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("predict", help="classify images")
-    parser.add_argument("images", nargs="+", help="image files")
-    parser.add_argument("--model", default="davit-tiny_3rdparty_in1k", help="model name (davit list)")
+    parser = subparsers.add_parser("predict", help="classify images", description=DESCRIPTION)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files, folders (searched recursively) or quoted patterns "
+                             "such as 'photos/**/*.jpg'")
+    parser.add_argument("--model",
+                        help="zoo name (davit list), architecture name, JSON architecture, config, "
+                             "checkpoint, folder or hf-hub: name (default: the --checkpoint's own "
+                             f"model card, else {DEFAULT_MODEL})")
     add_checkpoint(parser)
-    parser.add_argument("--topk", type=positive_int, default=5)
-    parser.add_argument("--batch-size", type=positive_int, default=16)
-    parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1")
-    add_semantics(parser)
+    parser.add_argument("--topk", type=positive_int, default=5,
+                        help="how many of the best classes to report per image (default: 5)")
+    parser.add_argument("--batch-size", type=positive_int, default=16,
+                        help="images per batch and process (default: 16)")
+    parser.add_argument("--num-workers", type=non_negative_int, default=2,
+                        help="image decoding processes per process; 0 decodes in the main one "
+                             "(default: 2)")
+    parser.add_argument("--out", metavar="FILE", help="write one result per image to this .jsonl or .csv file, "
+                                      "as they are computed, instead of printing them")
+    parser.add_argument("--json", action="store_true",
+                        help="print the results as one JSON array (without --out)")
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32",
+                        help="fp32, or run the model under autocast in bf16 or fp16 (fp16 needs "
+                             "CUDA) (default: fp32)")
+    add_device(parser)
+    add_semantics(parser, help="official (the paper's model) or mmpretrain (its port's numerics) "
+                               "(default: the weights' card's, else official)")
+    parser.set_defaults(semantics=None)  # None: as the weights' card says
+    parser.add_argument("--resume", action="store_true",
+                        help="skip the images the --out file already holds and append the rest")
     parser.set_defaults(run=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    pretrained = args.checkpoint if args.checkpoint else True
-    model = get_model(args.model, pretrained=pretrained, device=args.device,
-                      semantics=args.semantics)
-    with _errors_not_logged():  # each failed image is printed once, below
-        results = inference_model(model, list(args.images), batch_size=args.batch_size)
-    records, failed = [], 0
-    for path, result in zip(args.images, results):
-        if "error" in result:
-            failed += 1
-            print_error(args.prog, result["error"])
-            records.append({"image": path, "error": result["error"]})
-            continue
-        predictions = _top(result["pred_scores"], args.topk, model.class_names)
-        records.append({"image": path, "predictions": predictions})
-        if not args.json:
-            print(path)
-            for p in predictions:
-                print(f"  {p['score']:.4f}  {p['label']:4d}  {p.get('class', '')}")
-    if args.json:
-        print(json.dumps(records, indent=2))
-    return 1 if failed else 0
-
-
-def _top(probabilities: Sequence[float], k: int, names: Sequence[str] | None) -> list[dict]:
-    """The ``k`` most probable classes: label, score and, when known, class name."""
-    scores = torch.as_tensor(probabilities)
-    top = scores.topk(min(k, scores.numel()))
-    return [{"label": int(i), "score": float(s), **({"class": names[int(i)]} if names else {})}
-            for s, i in zip(top.values, top.indices)]
-
-
-class _BelowError(logging.Filter):
-    """Passes records below ERROR."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno < logging.ERROR
-
-
-@contextlib.contextmanager
-def _errors_not_logged() -> Iterator[None]:
-    """Hold back the library's error log lines, which this command prints in its own format."""
-    logger, quiet = logging.getLogger("davit"), _BelowError()
-    logger.addFilter(quiet)
+    if args.json and args.out:
+        raise InvalidArgumentError("--json prints the results; --out writes them in the format "
+                                   "its suffix names (.jsonl or .csv); pass one of the two")
+    options = InferenceOptions(
+        inputs=tuple(args.inputs), model=args.model, checkpoint=args.checkpoint, topk=args.topk,
+        batch_size=args.batch_size, num_workers=args.num_workers, out=args.out, dtype=args.dtype,
+        device=args.device, semantics=args.semantics, resume=args.resume)
     try:
-        yield
+        summary = infer(options, _Printer(args.prog, args.json))
+        if args.out and distributed.is_main_process():
+            skipped = f", {summary.skipped} done before" if summary.skipped else ""
+            print(f"{args.prog}: {summary.done} image(s) classified, {summary.failed} failed"
+                  f"{skipped}; the results are in {args.out}", file=sys.stderr)
+        return 1 if summary.failed else 0
+    except InferenceInterrupted as stop:
+        if distributed.is_main_process():
+            print(f"{args.prog}: {stop}", file=sys.stderr)
+        return 130
     finally:
-        logger.removeFilter(quiet)
+        distributed.cleanup()
+
+
+class _Printer:
+    """Results on stdout as they come, in today's layout (or one JSON array at the end), and each
+    failure as one error line on stderr; written around the progress bar."""
+
+    def __init__(self, prog: str, as_json: bool) -> None:
+        self.prog = prog
+        self.as_json = as_json
+        self.records: list[dict] = []
+
+    def write(self, record: dict) -> None:
+        path = record["path"]
+        with tqdm.external_write_mode(file=sys.stderr):
+            if "error" in record:
+                print_error(self.prog, record["error"])
+                self.records.append({"image": path, "error": record["error"]})
+            elif self.as_json:
+                self.records.append({"image": path, "predictions": record["topk"]})
+            else:
+                print(path)
+                for top in record["topk"]:
+                    print(f"  {top['score']:.4f}  {top['label']:4d}  {top.get('class', '')}")
+
+    def close(self) -> None:
+        if self.as_json:
+            print(json.dumps(self.records, indent=2))

@@ -1,0 +1,269 @@
+"""The ``davit predict`` workflow: classify many image files, folders and patterns in batches and
+stream one result per image to a file (:mod:`.results`) or the caller's sink.
+
+Images are decoded and preprocessed in DataLoader workers with the model's own preprocessing (its
+card's, else the DaViT default); an unreadable file becomes an error record in its place and the
+others go on. Every input is checked, and the output file opened, before a model is built.
+
+Under ``torchrun --nproc_per_node N`` each process classifies every N-th image and, after each
+batch, rank 0 gathers that batch's records from all processes and writes them. One step of all
+processes covers a contiguous run of the inputs, so the output is written in input order and is
+always a complete prefix of the run: there are no part files to merge, and an interrupted run
+leaves a file that ``--resume`` can carry on from.
+"""
+from __future__ import annotations
+
+import glob
+import math
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..api import get_model
+from ..checkpoint.card import Preprocessing
+from ..data.datasets import IMAGE_EXTENSIONS, Batch, LabelledImageDataset, image_files
+from ..errors import DavitError, InvalidArgumentError
+from ..resolve import resolve_device
+from . import distributed
+from .predict import AMP_DTYPES, class_probabilities, sharded_loader
+from .results import ResultSink, check_format, open_results
+
+DEFAULT_MODEL = "davit-tiny_3rdparty_in1k"
+DTYPES = ("fp32", *AMP_DTYPES)
+PROGRESS_MIN = 9  # fewer images than this get no progress bar
+_NO_LABEL = -1  # the dataset's label of every input; predict has no ground truth
+_PATTERN_CHARS = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """What to classify, with which model, and where the results go (``davit predict``'s
+    options). ``inputs`` are image files, folders (searched recursively) and glob patterns
+    (``**`` matches any depth)."""
+
+    inputs: Sequence[str]
+    model: str | None = None  # default: the checkpoint's own card, else DEFAULT_MODEL
+    checkpoint: str | None = None  # default: the model's published weights
+    topk: int = 5
+    batch_size: int = 16
+    num_workers: int = 2
+    out: str | None = None  # .jsonl or .csv; None: the records go to infer's sink
+    dtype: str = "fp32"  # one of DTYPES; bf16/fp16 run under autocast
+    device: str | None = None  # default: cuda when available
+    semantics: str | None = None  # "official" or "mmpretrain"; None: as the weights' card says
+    resume: bool = False  # skip the inputs ``out`` already holds, append the rest
+
+
+@dataclass
+class InferenceSummary:
+    """How a run went: inputs found, skipped as done earlier (``resume``), classified in this
+    run (failures included) and failed."""
+
+    total: int
+    skipped: int = 0
+    done: int = 0
+    failed: int = 0
+
+
+class InferenceInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the results finished so far have been written."""
+
+    def __init__(self, summary: InferenceSummary, out: str | None) -> None:
+        kept = f"; their results are in {out}; run the same command with --resume to " \
+               "classify the rest" if out else ""
+        super().__init__(f"interrupted after {summary.skipped + summary.done} of {summary.total} "
+                         f"images{kept}")
+        self.summary = summary
+
+
+def infer(options: InferenceOptions, sink: ResultSink | None = None) -> InferenceSummary:
+    """Classify ``options.inputs``; records go to ``options.out`` or else to ``sink`` (in
+    input order, as they are computed; on rank 0 only). Raises :class:`InferenceInterrupted` on
+    Ctrl-C, after closing the output."""
+    _check(options)
+    paths = expand_inputs(options.inputs)
+    device = _device(options.device)
+    amp = _amp(options.dtype, device)
+    distributed.init_distributed(device)
+    output, done = _open_output(options, sink)
+    pending = [path for path in paths if str(path) not in done]
+    summary = InferenceSummary(total=len(paths), skipped=len(paths) - len(pending))
+    try:
+        if pending:
+            _classify(_load_model(options, device), pending, options, device, amp, output, summary)
+    finally:
+        if output is not None:
+            output.close()
+    return summary
+
+
+def _check(options: InferenceOptions) -> None:
+    """Refuse option values that no input can make work."""
+    if options.dtype not in DTYPES:
+        raise InvalidArgumentError(f"--dtype must be one of {', '.join(DTYPES)}, not "
+                                   f"{options.dtype!r}")
+    if options.topk < 1 or options.batch_size < 1 or options.num_workers < 0:
+        raise InvalidArgumentError("topk and batch_size must be positive and num_workers at "
+                                   "least 0")
+    if options.resume and not options.out:
+        raise InvalidArgumentError("--resume carries on an output file; pass it with --out")
+    if options.out:
+        check_format(options.out)
+
+
+def expand_inputs(inputs: Sequence[str]) -> list[Path]:
+    """The image files ``inputs`` name, each once, in the given order: a file as it is, a folder's
+    images (``IMAGE_EXTENSIONS``, any case) recursively in sorted order, and a pattern's sorted
+    matches (its folders searched, its other files kept when they are images). An input that
+    yields nothing is an error."""
+    found: dict[str, Path] = {}
+    empty = []
+    for text in inputs:
+        paths = _expand(text)
+        if not paths:
+            empty.append(text)
+        for path in paths:
+            found.setdefault(os.path.normpath(path), path)
+    if empty:
+        raise InvalidArgumentError(
+            f"{'; '.join(map(_nothing_found, empty))}: pass existing image files, folders holding "
+            f"{'/'.join(IMAGE_EXTENSIONS)} images, or patterns such as 'photos/**/*.jpg'")
+    return list(found.values())
+
+
+def _nothing_found(text: str) -> str:
+    """Why the input ``text`` yields no image."""
+    if Path(text).expanduser().is_dir():
+        return f"{text} holds no image"
+    return f"{text} matches no image" if _PATTERN_CHARS & set(text) else f"{text} does not exist"
+
+
+def _expand(text: str) -> list[Path]:
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return _images_in(path)
+    if path.is_file() or not _PATTERN_CHARS & set(text):
+        return [path] if path.is_file() else []
+    images: list[Path] = []
+    for match in sorted(glob.glob(os.path.expanduser(text), recursive=True)):
+        if os.path.isdir(match):
+            images.extend(_images_in(Path(match)))
+        elif match.lower().endswith(IMAGE_EXTENSIONS):
+            images.append(Path(match))
+    return images
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return [folder / name for name in image_files(folder)]
+
+
+def _device(requested: str | None) -> torch.device:
+    """This process's device; under torchrun a CUDA run takes the GPU of its LOCAL_RANK."""
+    if distributed.env_world_size() > 1:
+        return distributed.select_device(requested)
+    return resolve_device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _amp(dtype: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype ``--dtype`` asks for (None for fp32)."""
+    if dtype == "fp16" and device.type != "cuda":
+        raise InvalidArgumentError(f"--dtype fp16 needs a CUDA device; on {device.type} use bf16 "
+                                   "or fp32")
+    return AMP_DTYPES.get(dtype)
+
+
+def _open_output(options: InferenceOptions,
+                 sink: ResultSink | None) -> tuple[ResultSink | None, set[str]]:
+    """Rank 0's sink and the paths the output holds already. Rank 0 opens the file and shares
+    the paths, or its error, so that every process stops or goes on together."""
+    main = distributed.is_main_process()
+    if options.out is None:
+        return (sink if main else None), set()
+    opened: tuple[ResultSink, set[str]] | None = None
+    shared: set[str] | DavitError = set()
+    if main:
+        try:
+            opened = open_results(options.out, options.resume)
+            shared = opened[1]
+        except DavitError as error:
+            shared = error
+    shared = distributed.gather_objects(shared)[0]
+    if isinstance(shared, DavitError):
+        raise shared
+    return (opened[0] if opened else None), shared
+
+
+def _load_model(options: InferenceOptions, device: torch.device) -> nn.Module:
+    with distributed.main_process_first():  # one download, which the other processes reuse
+        weights: str | bool
+        if options.model is None:  # a checkpoint describes itself through its card
+            model, weights = options.checkpoint or DEFAULT_MODEL, True
+        else:
+            model, weights = options.model, options.checkpoint or True
+        return get_model(model, pretrained=weights, device=device, semantics=options.semantics,
+                         progress=distributed.is_main_process())
+
+
+def _classify(model: nn.Module, pending: list[Path], options: InferenceOptions,
+              device: torch.device, amp: torch.dtype | None, output: ResultSink | None,
+              summary: InferenceSummary) -> None:
+    """Classify this process's share of ``pending``; rank 0 writes every process's records,
+    batch by batch, to ``output``."""
+    card = getattr(model, "card", None)
+    preprocessing = card.preprocessing if card is not None else Preprocessing()
+    dataset = LabelledImageDataset([(path, _NO_LABEL) for path in pending],
+                                   preprocessing.transform(), source="the inputs")
+    loader = sharded_loader(dataset, len(pending), options.batch_size, options.num_workers, device)
+    # the processes take part in every gather, so all run as many steps as the longest shard
+    steps = math.ceil(math.ceil(len(pending) / distributed.get_world_size()) / options.batch_size)
+    names = getattr(model, "class_names", None)
+    quiet = not distributed.is_main_process() or len(pending) < PROGRESS_MIN
+    bar = tqdm(total=len(pending), unit="img", desc="predict", file=sys.stderr, dynamic_ncols=True,
+               disable=quiet)
+    batches = iter(loader)
+    try:
+        with bar:
+            for _ in range(steps):
+                batch = next(batches, None)
+                mine = [] if batch is None else \
+                    _records(model, batch, pending, device, amp, options.topk, names)
+                step = sorted((r for part in distributed.gather_objects(mine) for r in part),
+                              key=lambda item: item[0])
+                for _, record in step:
+                    if output is not None:
+                        output.write(record)
+                    summary.failed += "error" in record
+                summary.done += len(step)
+                bar.update(len(step))
+    except KeyboardInterrupt:
+        raise InferenceInterrupted(summary, options.out) from None
+
+
+def _records(model: nn.Module, batch: Batch, paths: list[Path], device: torch.device,
+             amp: torch.dtype | None, k: int, names: Sequence[str] | None) -> list[tuple[int, dict]]:
+    """(input index, record) of each image of ``batch``: its top-``k`` prediction or its error."""
+    records = [(index, {"path": str(paths[index]), "error": error})
+               for index, _, error in batch.failures]
+    if batch.images is not None:
+        scores = class_probabilities(model, batch.images.to(device, non_blocking=True), amp)
+        top = scores.topk(min(k, scores.shape[1]), dim=1)
+        for index, labels, values in zip(batch.indices, top.indices.tolist(), top.values.tolist()):
+            records.append((index, _prediction(str(paths[index]), labels, values, names)))
+    return records
+
+
+def _prediction(path: str, labels: list[int], scores: list[float],
+                names: Sequence[str] | None) -> dict:
+    """One image's record; the top-1 label leads the top-k list."""
+    topk = [{"label": label, "score": score, **({"class": names[label]} if names else {})}
+            for label, score in zip(labels, scores)]
+    record: dict = {"path": path, "pred_label": labels[0], "pred_score": scores[0]}
+    if names:
+        record["pred_class"] = names[labels[0]]
+    return {**record, "topk": topk}

@@ -1,0 +1,155 @@
+"""The result files of ``davit predict --out``: JSON lines or CSV, one image per line.
+
+Each line is written and flushed as soon as its image is done, so that an interrupted run keeps
+every finished result and ``--resume`` can carry on from the paths the file already holds.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Protocol
+
+from ..errors import InvalidArgumentError
+
+FORMATS = (".jsonl", ".csv")
+CSV_COLUMNS = ("path", "pred_label", "pred_class", "pred_score", "topk_labels", "topk_scores",
+               "error")
+CSV_SEPARATOR = ";"  # between the k labels (and scores) of one cell
+
+
+class ResultSink(Protocol):
+    """Where per-image records go: ``{"path", "pred_label", "pred_score", ["pred_class"],
+    "topk": [{"label", "score", ["class"]}]}`` or ``{"path", "error"}``."""
+
+    def write(self, record: dict) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ResultFile(ABC):
+    """Writes each record as one line and flushes it. A fresh file replaces the old one only at
+    the first record, so that a run that fails before any result leaves an earlier file intact."""
+
+    header: str | None = None
+
+    def __init__(self, file: IO[str], fresh: bool) -> None:
+        self.file = file
+        self.fresh = fresh
+
+    def write(self, record: dict) -> None:
+        if self.fresh:
+            self.file.truncate(0)
+            if self.header:
+                self.file.write(self.header)
+            self.fresh = False
+        self.file.write(self.line(record))
+        self.file.flush()
+
+    @abstractmethod
+    def line(self, record: dict) -> str:
+        """The record as one line of the file, newline included."""
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class JsonLinesFile(ResultFile):
+    """One JSON object per line."""
+
+    def line(self, record: dict) -> str:
+        return json.dumps(record) + "\n"
+
+
+class CsvFile(ResultFile):
+    """A header and one row per image; the top-k labels and scores are ``;``-joined in one cell
+    each."""
+
+    header = ",".join(CSV_COLUMNS) + "\n"
+
+    def line(self, record: dict) -> str:
+        topk = record.get("topk", [])
+        row = [record["path"], record.get("pred_label", ""), record.get("pred_class", ""),
+               record.get("pred_score", ""), CSV_SEPARATOR.join(str(t["label"]) for t in topk),
+               CSV_SEPARATOR.join(repr(t["score"]) for t in topk), record.get("error", "")]
+        text = io.StringIO()
+        csv.writer(text, lineterminator="\n").writerow(row)
+        return text.getvalue()
+
+
+def check_format(out: str) -> None:
+    """Refuse an output name whose suffix says neither JSON lines nor CSV."""
+    if Path(out).suffix.lower() not in FORMATS:
+        raise InvalidArgumentError(f"--out {out}: the name must end in .jsonl (JSON lines) or "
+                                   ".csv")
+
+
+def open_results(out: str, resume: bool) -> tuple[ResultSink, set[str]]:
+    """The writer for ``out`` and the paths it already holds (with ``resume``, which appends to
+    the file) or an empty set (the file is started afresh). Fails here, before any model is
+    built, when the file cannot be written."""
+    check_format(out)
+    path = Path(out)
+    if not path.parent.is_dir():
+        raise InvalidArgumentError(f"--out {out}: the folder {path.parent} does not exist; "
+                                   "create it first")
+    done = _done_paths(path) if resume and path.is_file() else set()
+    try:
+        # the writer owns the file, and closes it when the run ends
+        file = open(path, "a", encoding="utf-8", newline="")  # noqa: SIM115
+    except OSError as error:
+        raise InvalidArgumentError(f"--out {out}: cannot write it ({error.strerror})") from None
+    kind = CsvFile if path.suffix.lower() == ".csv" else JsonLinesFile
+    return kind(file, fresh=not resume or file.tell() == 0), done
+
+
+def _done_paths(path: Path) -> set[str]:
+    """The paths ``path`` holds results (or errors) for. A last line cut short by a killed run is
+    removed, so that appending starts on a line of its own."""
+    read: Callable[[IO[str], Path], set[str]] = \
+        _csv_paths if path.suffix.lower() == ".csv" else _jsonl_paths
+    try:
+        _drop_partial_line(path)
+        with open(path, encoding="utf-8", newline="") as file:
+            return read(file, path)
+    except OSError as error:
+        raise InvalidArgumentError(f"--resume: cannot update {path} ({error.strerror})") from None
+
+
+def _drop_partial_line(path: Path) -> None:
+    with open(path, "rb+") as file:
+        data = file.read()
+        if data and not data.endswith(b"\n"):
+            file.truncate(data.rfind(b"\n") + 1)
+
+
+def _jsonl_paths(file: IO[str], path: Path) -> set[str]:
+    done = set()
+    for number, line in enumerate(file, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("path"), str):
+            raise InvalidArgumentError(f"--resume: {path} line {number} is not a davit predict "
+                                       "result; pass the file an earlier run wrote, or drop "
+                                       "--resume to start it afresh")
+        done.add(record["path"])
+    return done
+
+
+def _csv_paths(file: IO[str], path: Path) -> set[str]:
+    reader = csv.reader(file)
+    header = next(reader, None)
+    if header is None:
+        return set()
+    if tuple(header) != CSV_COLUMNS:
+        raise InvalidArgumentError(f"--resume: {path} does not have the columns davit predict "
+                                   f"writes ({','.join(CSV_COLUMNS)}); pass the file an earlier "
+                                   "run wrote, or drop --resume to start it afresh")
+    return {row[0] for row in reader if row}
