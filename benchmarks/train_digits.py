@@ -1,10 +1,10 @@
 """Train a small DaViT from scratch on scikit-learn's digits through tools/train.py and report
 the held-out accuracy.
 
-The 1,797 8x8 scans of ``sklearn.datasets.load_digits`` are split 80/20, stratified, with a fixed
-seed, upscaled to 32x32 and written as PNGs in one sub-folder per class (``train/0/...``,
-``test/0/...``). ``tools/train.py configs/davit/davit-digits_1xb64.py`` then trains on the 80% and
-validates on the 20% after every epoch. The last line printed is a JSON object: ``top1`` and
+``tools/prepare_digits.py`` writes the 1,797 8x8 scans of ``sklearn.datasets.load_digits``
+(80/20, stratified, fixed seed, upscaled to 32x32) as PNGs in one sub-folder per class
+(``train/0/...``, ``test/0/...``). ``tools/train.py configs/davit/davit-digits_1xb64.py`` then
+trains on the 80% and validates on the 20% after every epoch. The last line printed is a JSON object: ``top1`` and
 ``top5`` (percent, the last epoch's, on the held-out 20%), ``seconds`` (wall time of the training
 command, validation included), ``epochs``, ``threads`` and the command.
 
@@ -25,36 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "davit" / "davit-digits_1xb64.py"
-SPLIT_SEED = 0
-SIZE = 32
-
-
-def write_digits(root: str | Path, size: int = SIZE) -> tuple[int, int]:
-    """Write the digits as ``root/train/<digit>/<n>.png`` and ``root/test/<digit>/<n>.png``
-    (80/20 stratified split, seed 0), 8-bit grey, upscaled bicubically to ``size`` x ``size``.
-    Returns the (train, test) image counts. Files already there are kept."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    indices = np.arange(len(digits.target))
-    train, test = train_test_split(indices, test_size=0.2, stratify=digits.target,
-                                   random_state=SPLIT_SEED)
-    root = Path(root)
-    for split, chosen in (("train", train), ("test", test)):
-        for i in chosen:
-            path = root / split / str(digits.target[i]) / f"{i:04d}.png"
-            if path.is_file():
-                continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pixels = (digits.images[i] * (255 / 16)).round().astype(np.uint8)
-            Image.fromarray(pixels).resize((size, size), Image.Resampling.BICUBIC).save(path)
-    return len(train), len(test)
+sys.path.insert(0, str(REPO / "tools"))
+from prepare_digits import write_digits  # noqa: E402  (the images the digits config reads)
 
 
 def last_validation(work_dir: Path) -> dict:

@@ -1,6 +1,6 @@
 # A small DaViT trained from scratch on scikit-learn's digits: 1,797 8x8 scans of handwritten
-# digits, upscaled to 32x32 PNGs in class sub-folders (benchmarks/train_digits.py writes them to
-# data/digits/{train,test}). One process, 64 images per step; a CPU check that the recipe learns.
+# digits, upscaled to 32x32 PNGs in class sub-folders, which `python tools/prepare_digits.py` writes
+# to data/digits/{train,test}. One process, 64 images per step; a CPU check that the recipe learns.
 # Digits call for their own augmentation: no 224px crops, no flips (a flipped 2 is no digit),
 # only small shifts.
 _base_ = ['../_base_/default_runtime.py']

@@ -1,19 +1,22 @@
 """The davit command line: how failures are reported, for every subcommand alike."""
+import argparse
+import importlib.util
 import os
 import subprocess
 import sys
 
 import pytest
 
+from davit import __version__
 from davit.cli import flops as flops_command
 from davit.cli import main
-from davit.cli.app import SUBCOMMANDS, run_subcommand
+from davit.cli.app import SUBCOMMANDS, build_parser, run_subcommand
 from davit.errors import UnknownModelError
 from tests.paths import REPO
 
 
 @pytest.mark.parametrize("args, message", [
-    (["predict", "nowhere.jpg", "--model", "davit-tiny", "--checkpoint", "nowhere.pth"], "does not exist"),
+    (["predict", "demo/cat.jpg", "--model", "davit-tiny", "--checkpoint", "nowhere.pth"], "does not exist"),
     (["flops", "davit-tinny"], "Did you mean"),
     (["convert", "nowhere.pth", "out.pth", "--to", "timm"], "does not exist"),
 ])
@@ -77,3 +80,38 @@ def test_every_subcommand_is_listed_in_the_help(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert all(name in out for name in SUBCOMMANDS)
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"davit {__version__}\n"
+
+
+def _actions_without_help(parser: argparse.ArgumentParser, name: str) -> list[str]:
+    """``name option`` for every action of ``parser`` and its sub-parsers that has no help
+    (``-h`` aside; ``argparse.SUPPRESS`` hides an option on purpose)."""
+    missing = []
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        if action.help is None:
+            missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+        if isinstance(action, argparse._SubParsersAction):
+            for command, sub in action.choices.items():
+                missing += _actions_without_help(sub, f"{name} {command}")
+    return missing
+
+
+def test_every_option_of_every_subcommand_has_help():
+    assert _actions_without_help(build_parser(), "davit") == []
+
+
+def test_every_option_of_the_tools_has_help():
+    for path in sorted((REPO / "tools").glob("*.py")):
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if hasattr(module, "build_parser"):
+            assert _actions_without_help(module.build_parser(), path.name) == []

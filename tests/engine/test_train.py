@@ -48,8 +48,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("train_digits", REPO / "benchmarks" / "train_digits.py")
+def _prepare_digits():
+    """tools/prepare_digits.py, which writes the images the digits config reads."""
+    spec = importlib.util.spec_from_file_location("prepare_digits", REPO / "tools" / "prepare_digits.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -59,7 +60,8 @@ def _benchmark():
 def digits(tmp_path_factory) -> Path:
     pytest.importorskip("sklearn")
     root = tmp_path_factory.mktemp("digits")
-    assert _benchmark().write_digits(root) == (1437, 360)
+    assert _prepare_digits().main(["--out", str(root)]) == 0
+    assert len(list(root.glob("train/*/*.png"))) == 1437 and len(list(root.glob("test/*/*.png"))) == 360
     return root
 
 
@@ -243,6 +245,7 @@ def test_finetune_from_a_checkpoint_with_other_classes(colours, tmp_path, capsys
                   "val_dataloader.dataset.pipeline.2.crop_size=32", "train_cfg.max_epochs=2"]) == 0
     out = capsys.readouterr().out
     assert "using the 3 classes of the training set" in out
+    assert out.count("val_evaluator.topk 5 is more than the model's 3 classes: reporting top-1 only") == 1
     state = _load(work / "latest.pth")["state_dict"]
     assert state["head.fc.weight"].shape == (3, 16)
     before = pretrained.state_dict()
@@ -252,6 +255,13 @@ def test_finetune_from_a_checkpoint_with_other_classes(colours, tmp_path, capsys
     assert not any(torch.equal(state[k], before[k]) for k in trained)
     dumped = load_config(work / FINETUNE_CONFIG.name)
     assert dumped["model"]["head"]["num_classes"] == 3
+
+
+def test_the_digits_config_reads_what_prepare_digits_writes():
+    cfg = load_config(DIGITS_CONFIG)
+    out = _prepare_digits().DEFAULT_OUT
+    assert cfg["train_dataloader"]["dataset"]["data_root"] == f"{out}/train"
+    assert cfg["val_dataloader"]["dataset"]["data_root"] == f"{out}/test"
 
 
 def test_recipe_optimizer_and_schedule():

@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from .. import __version__
 from ..errors import DavitError
 
 # subcommand -> module of this package
@@ -33,9 +34,13 @@ def _add_verbose(parser: argparse.ArgumentParser, default: object = False) -> No
 
 
 def build_parser(prog: str = "davit") -> argparse.ArgumentParser:
+    """The ``davit`` parser: ``--version``, ``-v`` and one sub-parser per subcommand."""
     parser = argparse.ArgumentParser(prog=prog, description="DaViT models and tools")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the version and exit")
     _add_verbose(parser)
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                       help="what to do; `davit COMMAND --help` for its options")
     for module in SUBCOMMANDS.values():
         sub = importlib.import_module(f".{module}", __package__).register(subparsers)
         # SUPPRESS: a subcommand's default must not undo `davit -v COMMAND`

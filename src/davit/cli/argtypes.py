@@ -23,12 +23,14 @@ def non_negative_int(text: str) -> int:
 def add_input_size(parser: argparse.ArgumentParser) -> None:
     """``--input-size H W`` (default 224 224)."""
     parser.add_argument("--input-size", nargs=2, type=positive_int, default=[224, 224],
-                        metavar=("H", "W"))
+                        metavar=("H", "W"), help="image height and width (default: 224 224)")
 
 
 def add_semantics(parser: argparse.ArgumentParser, help: str | None = None) -> None:
     """``--semantics official|mmpretrain`` (default official)."""
-    parser.add_argument("--semantics", choices=SEMANTICS, default="official", help=help)
+    parser.add_argument("--semantics", choices=SEMANTICS, default="official",
+                        help=help or "official (default): the paper's model; mmpretrain: its port's "
+                                     "numerics, to reproduce mmpretrain's numbers")
 
 
 def add_checkpoint(parser: argparse.ArgumentParser) -> None:

@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--model", default="tiny",
                         help="zoo name, architecture name (tiny ... giant) or a JSON dict with "
                              "embed_dims, depths, num_heads (default: tiny)")
-    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--batch-size", type=positive_int, default=16,
+                        help="images per step (default: 16)")
     add_input_size(parser)
     parser.add_argument("--dtype", choices=DTYPES, default="fp32",
                         help="fp32; bf16 (fp32 weights, bfloat16 autocast); pure-bf16 (bfloat16 "

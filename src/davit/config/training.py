@@ -12,6 +12,7 @@ from typing import Any
 from ..errors import ConfigError
 from .data import LoaderSpec, loader_section, loader_spec
 from .specs import ModelSpec, model_spec
+from .values import flag, integer, number, subsection
 
 TRAIN_CFG_KEYS = {"type", "by_epoch", "max_epochs", "val_interval", "val_begin"}
 OPTIM_WRAPPER_KEYS = {"type", "optimizer", "paramwise_cfg", "clip_grad", "accumulative_counts",
@@ -108,37 +109,43 @@ def with_num_classes(cfg: dict, num_classes: int) -> dict:
 
 def runtime_spec(cfg: dict) -> RuntimeSpec:
     """Check the config's epoch loop, hooks and randomness."""
-    train_cfg = dict(cfg.get("train_cfg") or {})
-    if set(train_cfg) - TRAIN_CFG_KEYS or not train_cfg.get("by_epoch", True):
+    train_cfg = subsection(cfg, "train_cfg")
+    if set(train_cfg) - TRAIN_CFG_KEYS or not flag(train_cfg, "by_epoch", "train_cfg", True):
         raise ConfigError(f"train_cfg supports epoch-based training ({sorted(TRAIN_CFG_KEYS)}), "
                           f"got {train_cfg}")
-    max_epochs = train_cfg.get("max_epochs")
-    if not isinstance(max_epochs, int) or max_epochs < 1:
-        raise ConfigError(f"train_cfg.max_epochs must be a positive integer, got {max_epochs!r}")
-    hooks = cfg.get("default_hooks") or {}
-    checkpoint_hook, logger_hook = hooks.get("checkpoint") or {}, hooks.get("logger") or {}
-    randomness = cfg.get("randomness") or {}
+    hooks = subsection(cfg, "default_hooks")
+    checkpoint_hook = subsection(hooks, "checkpoint", "default_hooks")
+    logger_hook = subsection(hooks, "logger", "default_hooks")
+    randomness = subsection(cfg, "randomness")
     seed = randomness.get("seed")
     return RuntimeSpec(
-        max_epochs=max_epochs, val_interval=_int(train_cfg, "val_interval", 1, "train_cfg"),
-        val_begin=_int(train_cfg, "val_begin", 1, "train_cfg"),
-        checkpoint_interval=_int(checkpoint_hook, "interval", 1, "default_hooks.checkpoint"),
-        max_keep=_int(checkpoint_hook, "max_keep_ckpts", -1, "default_hooks.checkpoint"),
-        log_interval=_int(logger_hook, "interval", 50, "default_hooks.logger"),
-        ema_decay=_ema_decay(cfg), seed=None if seed is None else _int(randomness, "seed", 0, "randomness"),
-        deterministic=bool(randomness.get("deterministic", False)),
-        cudnn_benchmark=bool((cfg.get("env_cfg") or {}).get("cudnn_benchmark", False)),
-        load_from=cfg.get("load_from") or None, resume=cfg.get("resume", False),
-        work_dir=cfg.get("work_dir") or None)
+        max_epochs=integer(train_cfg, "max_epochs", "train_cfg", minimum=1),
+        val_interval=integer(train_cfg, "val_interval", "train_cfg", 1, minimum=1),
+        val_begin=integer(train_cfg, "val_begin", "train_cfg", 1, minimum=0),
+        checkpoint_interval=integer(checkpoint_hook, "interval", "default_hooks.checkpoint", 1, minimum=1),
+        max_keep=integer(checkpoint_hook, "max_keep_ckpts", "default_hooks.checkpoint", -1, minimum=-1),
+        log_interval=integer(logger_hook, "interval", "default_hooks.logger", 50, minimum=1),
+        ema_decay=_ema_decay(cfg),
+        seed=None if seed is None else integer(randomness, "seed", "randomness", minimum=0),
+        deterministic=flag(randomness, "deterministic", "randomness", False),
+        cudnn_benchmark=flag(subsection(cfg, "env_cfg"), "cudnn_benchmark", "env_cfg", False),
+        load_from=_text(cfg, "load_from"), resume=_resume(cfg), work_dir=_text(cfg, "work_dir"))
 
 
-def _int(section: dict, key: str, default: int, where: str) -> int:
-    """``section[key]`` (or ``default``) as an int; a config error names ``where.key``."""
-    value = section.get(key, default)
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}.{key} must be an integer, got {value!r}") from None
+def _text(cfg: dict, key: str) -> str | None:
+    """A path setting: a string, or None when empty."""
+    value = cfg.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{key} must be a path or None, got {value!r}")
+    return value or None
+
+
+def _resume(cfg: dict) -> bool | str:
+    """``resume``: True, False (or None), 'auto' or a checkpoint path."""
+    value = cfg.get("resume") or False
+    if not isinstance(value, (bool, str)):
+        raise ConfigError(f"resume must be True, False, 'auto' or a checkpoint path, got {value!r}")
+    return value
 
 
 def _ema_decay(cfg: dict) -> float | None:
@@ -147,10 +154,8 @@ def _ema_decay(cfg: dict) -> float | None:
         if hook.get("type") != "EMAHook" or set(hook) - {"type", "momentum", "priority"}:
             raise ConfigError(f"custom_hooks: {hook!r} is not supported; only "
                               "dict(type='EMAHook', momentum=...) is")
-        momentum = hook.get("momentum", 0.0002)
-        if not isinstance(momentum, (int, float)) or not 0.0 < 1.0 - momentum < 1.0:
-            raise ConfigError(f"EMAHook momentum must be between 0 and 1, got {momentum!r}")
-        decay = 1.0 - float(momentum)
+        momentum = number(hook, "momentum", "custom_hooks.EMAHook", 0.0002, positive=True, below=1.0)
+        decay = 1.0 - momentum
     return decay
 
 
@@ -167,13 +172,14 @@ def train_spec(cfg: dict) -> TrainSpec:
 def label_smoothing(loss_cfg: dict | None) -> float:
     """The label smoothing of ``model.head.loss`` (LabelSmoothLoss or CrossEntropyLoss)."""
     loss = dict(loss_cfg or {"type": "CrossEntropyLoss"})
-    if loss.pop("loss_weight", 1.0) != 1.0:
+    if number(loss, "loss_weight", "model.head.loss", 1.0) != 1.0:
         raise ConfigError("model.head.loss.loss_weight other than 1.0 is not supported; scale the "
                           "learning rate instead")
+    loss.pop("loss_weight", None)
     if loss.get("type") == "LabelSmoothLoss":
         if loss.get("mode", "original") != "original" or set(loss) - {"type", "label_smooth_val", "mode"}:
             raise ConfigError("model.head.loss: LabelSmoothLoss is supported with mode='original'")
-        return float(loss.get("label_smooth_val", 0.1))
+        return number(loss, "label_smooth_val", "model.head.loss", 0.1, minimum=0.0, below=1.0)
     if loss == {"type": "CrossEntropyLoss"}:
         return 0.0
     raise ConfigError(f"model.head.loss {loss!r} is not supported; use LabelSmoothLoss or "
@@ -189,6 +195,11 @@ def optim_spec(cfg: dict) -> OptimSpec:
         raise ConfigError(f"optim_wrapper {kind} with options {unknown} is not supported; use "
                           "OptimWrapper or AmpOptimWrapper (dtype float16 or bfloat16)")
     clip_grad, accumulation = _step_options(optim_wrapper)
+    _check_optimizer(optim_wrapper)
+    _check_schedule(cfg.get("param_scheduler"))
+    auto_scale_lr = subsection(cfg, "auto_scale_lr")
+    if flag(auto_scale_lr, "enable", "auto_scale_lr", True) and auto_scale_lr:
+        integer(auto_scale_lr, "base_batch_size", "auto_scale_lr", minimum=1)
     amp = None
     if kind == "AmpOptimWrapper":
         amp = "bf16" if optim_wrapper.get("dtype") in ("bfloat16", "bf16") else "fp16"
@@ -206,10 +217,45 @@ def _step_options(optim_wrapper: dict) -> tuple[float | None, int]:
         if unknown or clip.get("norm_type", 2) != 2 or clip.get("type", "norm") != "norm":
             raise ConfigError("optim_wrapper.clip_grad supports dict(max_norm=...) (the L2 norm "
                               "of all gradients) only")
-        max_norm = float(clip["max_norm"])
-        if max_norm <= 0:
-            raise ConfigError(f"optim_wrapper.clip_grad.max_norm must be positive, got {max_norm}")
-    counts = optim_wrapper.get("accumulative_counts", 1)
-    if not isinstance(counts, int) or counts < 1:
-        raise ConfigError(f"optim_wrapper.accumulative_counts must be a positive integer, got {counts!r}")
-    return max_norm, counts
+        max_norm = number(clip, "max_norm", "optim_wrapper.clip_grad", positive=True)
+    return max_norm, integer(optim_wrapper, "accumulative_counts", "optim_wrapper", 1, minimum=1)
+
+
+def _check_optimizer(optim_wrapper: dict) -> None:
+    """The numbers of ``optim_wrapper.optimizer`` and ``paramwise_cfg``."""
+    optimizer, where = subsection(optim_wrapper, "optimizer", "optim_wrapper"), "optim_wrapper.optimizer"
+    number(optimizer, "lr", where, positive=True)
+    for key in ("weight_decay", "momentum"):
+        if key in optimizer:
+            number(optimizer, key, where, minimum=0.0)
+    if "eps" in optimizer:
+        number(optimizer, "eps", where, positive=True)
+    betas = optimizer.get("betas", (0.9, 0.999))
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+        raise ConfigError(f"{where}.betas must be two numbers in [0, 1), got {betas!r}")
+    for i in range(2):
+        number(dict(enumerate(betas)), i, f"{where}.betas", minimum=0.0, below=1.0)
+    paramwise = subsection(optim_wrapper, "paramwise_cfg", "optim_wrapper")
+    for key in ("norm_decay_mult", "bias_decay_mult", "flat_decay_mult"):
+        if paramwise.get(key) is not None:
+            number(paramwise, key, "optim_wrapper.paramwise_cfg", minimum=0.0)
+    for name, custom in subsection(paramwise, "custom_keys", "optim_wrapper.paramwise_cfg").items():
+        for key in ("decay_mult", "lr_mult"):
+            if isinstance(custom, dict) and key in custom:
+                number(custom, key, f"optim_wrapper.paramwise_cfg.custom_keys.{name}", minimum=0.0)
+
+
+def _check_schedule(phases: Any) -> None:
+    """The numbers of each ``param_scheduler`` phase."""
+    for i, phase in enumerate([phases] if isinstance(phases, dict) else phases or []):
+        where = f"param_scheduler.{i}"
+        if not isinstance(phase, dict):
+            raise ConfigError(f"{where} must be a dict, got {phase!r}")
+        for key in ("begin", "end"):
+            if key in phase:
+                integer(phase, key, where, minimum=0)
+        for key in ("start_factor", "end_factor", "eta_min", "eta_min_ratio"):
+            if phase.get(key) is not None:
+                number(phase, key, where, minimum=0.0)
+        for key in ("by_epoch", "convert_to_iter_based"):
+            flag(phase, key, where, key == "by_epoch")

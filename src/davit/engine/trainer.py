@@ -88,6 +88,9 @@ class Trainer:
         if s.epoch >= max_epochs:
             logger.info("the run already has its %d epochs; nothing to do", max_epochs)
             return
+        evaluator = self.data.evaluator
+        if self.main and evaluator is not None and evaluator.note and self.data.val_loader is not None:
+            logger.info("%s", evaluator.note)  # top-k above the class count, left out
         while s.epoch < max_epochs:
             self.train_one_epoch()
             s.epoch, s.epoch_iter = s.epoch + 1, 0
