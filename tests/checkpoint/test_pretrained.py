@@ -142,3 +142,10 @@ def test_an_hf_hub_name_reads_the_repos_folder(fine_tuned, monkeypatch, tmp_path
     loaded = get_model("hf-hub:me/davit-ft", pretrained=True)
     assert loaded.class_names == NAMES and loaded.card.preprocessing.resize_edge == 256
     assert asked == [("hf-hub:me/davit-ft", ("config.json",))]
+
+
+def test_a_folder_without_config_or_weights_is_refused(tmp_path):
+    from davit.errors import CheckpointNotFoundError
+
+    with pytest.raises(CheckpointNotFoundError, match="holds no model.safetensors"):
+        davit.get_model(str(tmp_path))
