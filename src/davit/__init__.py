@@ -3,7 +3,7 @@ from .api import get_model, inference_model
 from .checkpoint.card import ModelCard, Preprocessing
 from .checkpoint.pretrained import push_to_hub, save_pretrained
 from .kernels import fast_kernels, fast_kernels_enabled
-from .model import ARCHS, DaViT, DaViTArch, DaViTClassifier
+from .model import ARCHS, DaViT, DaViTArch, DaViTClassifier, Florence2Encoder
 from .resolve import ModelRef, resolve_model, resolve_weights
 from .zoo import list_models
 
@@ -13,6 +13,7 @@ __all__ = [
            "DaViT",
            "DaViTArch",
            "DaViTClassifier",
+           "Florence2Encoder",
            "ModelCard",
            "ModelRef",
            "Preprocessing",

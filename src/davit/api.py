@@ -11,29 +11,30 @@ import numpy as np
 import torch
 
 from .checkpoint.card import ModelCard, default_card
-from .checkpoint.load import checkpoint_num_classes, load_checkpoint, load_pretrained
+from .checkpoint.load import HEAD_KEYS, checkpoint_num_classes, load_checkpoint, load_into, load_pretrained
 from .data import ImageLoadError, TestTransform, build_test_transform, imagenet_classes
 from .engine.predict import class_probabilities
 from .errors import CheckpointMismatchError, InvalidArgumentError
-from .model import ARCHS, DaViTArch, DaViTClassifier
+from .model import ARCHS, DaViTArch, DaViTClassifier, Florence2Encoder, build_model, is_florence2
 from .resolve import ModelRef, resolve_device, resolve_model, resolve_weights
 
 logger = logging.getLogger("davit")
 
 ImageInput = Any  # a file path, a PIL image or an HxWx3 uint8 array
 ModelSource = str | Path | dict | DaViTArch  # see davit.resolve.resolve_model
+Model = DaViTClassifier | Florence2Encoder
 
 
 def get_model(model: ModelSource, pretrained: bool | str | Path | None = None,
               num_classes: int | None = None, device: str | torch.device | None = None,
               semantics: str | None = None, progress: bool = True,
-              **backbone_options: Any) -> DaViTClassifier:
-    """Build a DaViT classifier from a zoo name (``davit-tiny_3rdparty_in1k``), an architecture
-    name (``tiny``), a custom architecture (dict, JSON object or record), an mmpretrain-style
-    config file, or a checkpoint file, URL, ``save_pretrained`` folder or ``hf-hub:`` name (see
-    :func:`davit.resolve.resolve_model`). The model's card (architecture, class names,
-    preprocessing) comes from the weights when they carry one; ``model.card`` and
-    ``model.class_names`` hold it.
+              **backbone_options: Any) -> Model:
+    """Build a DaViT classifier (a :class:`Florence2Encoder` for a Florence-2 tower) from a zoo
+    name (``davit-tiny_3rdparty_in1k``), an architecture name (``tiny``), a custom architecture
+    (dict, JSON object or record), an mmpretrain-style config file, or a checkpoint file, URL,
+    ``save_pretrained`` folder or ``hf-hub:`` name (see :func:`davit.resolve.resolve_model`). The
+    model's card (architecture, class names, preprocessing) comes from the weights when they carry
+    one; ``model.card`` and ``model.class_names`` hold it.
 
     Args:
         pretrained: False for random weights, True for the model's own weights (the zoo entry's,
@@ -42,7 +43,8 @@ def get_model(model: ModelSource, pretrained: bool | str | Path | None = None,
             ``model`` names weights (a file, URL, folder or ``hf-hub:`` name) and builds random
             weights for a zoo name, architecture or config, as mmpretrain does.
         num_classes: classifier size; defaults to the checkpoint's (or the zoo's) class count. A
-            different count re-initialises the classifier layer for fine-tuning.
+            different count re-initialises the classifier layer for fine-tuning. A Florence-2
+            tower has none (0) unless asked for; it keeps the weights' projector, if any.
         device: where to put the model.
         semantics: ``"official"`` or ``"mmpretrain"`` (mmpretrain's port); default: the card's.
         backbone_options: ``drop_path_rate``, ``out_indices``, ``frozen_stages``,
@@ -53,10 +55,10 @@ def get_model(model: ModelSource, pretrained: bool | str | Path | None = None,
     source = _weights_source(ref, model, ref.is_weights if pretrained is None else pretrained)
     state_dict, file_card = load_checkpoint(source, progress) if source is not None else (None, None)
     card = _card(ref, file_card, state_dict, num_classes, semantics)
-    net = DaViTClassifier(card.arch, num_classes=card.num_classes, semantics=card.semantics,
-                          **{**ref.backbone_options, **backbone_options})
+    net = build_model(card.arch, card.num_classes, card.semantics, _projection_dim(card, state_dict),
+                      **{**ref.backbone_options, **backbone_options})
     if state_dict is not None:
-        load_pretrained(net, state_dict)
+        _load(net, state_dict)
     _attach(net, card)
     net.eval()
     return net.to(target) if target is not None else net
@@ -91,10 +93,36 @@ def _card(ref: ModelRef, file_card: ModelCard | None, state_dict: Mapping[str, t
             f"{list(theirs.embed_dims)}, depths={list(theirs.depths)}) than the model asked for "
             f"(embed_dims={list(ours.embed_dims)}, depths={list(ours.depths)}); load the "
             "checkpoint by itself, as the model")
-    card = file_card or ref.card or default_card(ref.arch, ref.num_classes)
+    card = file_card or ref.card or default_card(ref.arch, 0 if is_florence2(ref.arch) else ref.num_classes)
     card = _with_classes(card, checkpoint_num_classes(state_dict) if state_dict is not None else None)
     card = _with_classes(card, num_classes)
     return replace(card, semantics=semantics) if semantics is not None else card
+
+
+def _projection_dim(card: ModelCard, state_dict: Mapping[str, torch.Tensor] | None) -> int | None:
+    """A Florence-2 tower's projector width in the weights, 0 when they have none (timm's tower);
+    None (the architecture's own) for random weights and for DaViT classifiers."""
+    if state_dict is None or not is_florence2(card.architecture):
+        return None
+    weight = state_dict.get("projector.image_projection.weight")
+    return 0 if weight is None else int(weight.shape[0])
+
+
+def _load(net: Model, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Load davit-format weights strictly; a Florence-2 encoder keeps its own fresh head where the
+    weights have none for its class count (and drops theirs when it has no head)."""
+    if isinstance(net, DaViTClassifier):
+        load_pretrained(net, state_dict)
+        return
+    weights = dict(state_dict)
+    if net.head is None:
+        weights = {k: v for k, v in weights.items() if not k.startswith("head.")}
+    elif checkpoint_num_classes(weights) != net.num_classes:
+        logger.warning("the weights have no classifier for the model's %d classes: head.fc is "
+                       "initialised afresh (fine-tuning set-up)", net.num_classes)
+        weights = {k: v for k, v in weights.items() if k not in HEAD_KEYS}
+        weights.update({k: v for k, v in net.state_dict().items() if k.startswith("head.") and k not in weights})
+    load_into(net, weights)
 
 
 def _with_classes(card: ModelCard, num_classes: int | None) -> ModelCard:
@@ -106,12 +134,12 @@ def _with_classes(card: ModelCard, num_classes: int | None) -> ModelCard:
     return replace(card, num_classes=num_classes, class_names=names)
 
 
-def _attach(model: DaViTClassifier, card: ModelCard) -> None:
+def _attach(model: Model, card: ModelCard) -> None:
     model.card = card
     model.class_names = list(card.class_names) if card.class_names is not None else None
 
 
-def inference_model(model: DaViTClassifier | ModelSource, inputs: ImageInput | Sequence[ImageInput],
+def inference_model(model: Model | ModelSource, inputs: ImageInput | Sequence[ImageInput],
                     device: str | torch.device | None = None, batch_size: int = 16,
                     pretrained: bool | str | Path = True, **model_options: Any) -> dict | list[dict]:
     """Classify one image (returns a dict) or a list of images (returns a list of dicts), each
@@ -127,13 +155,16 @@ def inference_model(model: DaViTClassifier | ModelSource, inputs: ImageInput | S
     """
     if batch_size < 1:
         raise InvalidArgumentError(f"batch_size must be at least 1, got {batch_size}")
-    if not isinstance(model, DaViTClassifier):
+    if not isinstance(model, (DaViTClassifier, Florence2Encoder)):
         model = get_model(model, pretrained=pretrained, device=device, **model_options)
     else:
         if isinstance(pretrained, (str, Path)):
             _load_weights(model, pretrained)
         if device is not None:
             model = model.to(resolve_device(device))
+    if isinstance(model, Florence2Encoder) and model.head is None:
+        raise InvalidArgumentError("a Florence-2 tower without a classification head does not classify; "
+                                   "use its embed() or encode_image(), or fine-tune it with num_classes > 0")
     single = not isinstance(inputs, (list, tuple))
     items = [inputs] if single else list(inputs)
     card = getattr(model, "card", None)
@@ -146,13 +177,13 @@ def inference_model(model: DaViTClassifier | ModelSource, inputs: ImageInput | S
     return results[0] if single else results
 
 
-def _load_weights(model: DaViTClassifier, source: str | Path) -> None:
+def _load_weights(model: Model, source: str | Path) -> None:
     """Load ``source`` into ``model`` (a different class count keeps the model's classifier) and
     take the card the weights carry."""
     state_dict, file_card = load_checkpoint(source)
     ref = ModelRef(model.arch, model.num_classes, None, getattr(model, "card", None))
     card = _card(ref, file_card, state_dict, model.num_classes, model.semantics)
-    load_pretrained(model, state_dict)
+    _load(model, state_dict)
     _attach(model, card)
 
 
@@ -172,7 +203,7 @@ def _preprocess(items: list[ImageInput], transform: TestTransform,
     return tensors, errors
 
 
-def _probabilities(model: DaViTClassifier, tensors: dict[int, torch.Tensor],
+def _probabilities(model: Model, tensors: dict[int, torch.Tensor],
                    batch_size: int) -> dict[int, np.ndarray]:
     """Class probabilities of each tensor, in batches, through the evaluation primitive."""
     param = next(model.parameters())

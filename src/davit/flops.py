@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from .model.blocks import ChannelAttention, WindowAttention
 from .model.classifier import ClassifierHead, DaViTClassifier
+from .model.florence2 import Florence2Encoder
 
 LAYER_NORM_OPS = 5
 
@@ -23,9 +24,10 @@ def _conv_macs(module: nn.Conv2d, out: Tensor) -> int:
     return out.numel() * (module.in_channels // module.groups) * kh * kw
 
 
-def count_flops(model: DaViTClassifier, input_size: tuple[int, int] = (224, 224)) -> dict:
+def count_flops(model: DaViTClassifier | Florence2Encoder, input_size: tuple[int, int] = (224, 224)) -> dict:
     """``params`` (all parameters), ``flops`` (feature extractor, seed-table convention) and
-    ``head_flops`` (the final linear layer) for one image of ``input_size`` (H, W)."""
+    ``head_flops`` (the final linear layer, 0 without one) for one image of ``input_size`` (H, W).
+    A Florence-2 encoder's feature extractor is its tower; its projector counts in ``params``."""
     height, width = input_size
     if height < 1 or width < 1:
         raise ValueError(f"input size must be positive, got {input_size}")
@@ -33,13 +35,14 @@ def count_flops(model: DaViTClassifier, input_size: tuple[int, int] = (224, 224)
     on_meta = all(p.is_meta for p in model.parameters())
     meta_model = (model if on_meta else copy.deepcopy(model).to("meta")).eval()
     totals = {"flops": 0, "head_flops": 0}
+    head_fc = meta_model.head.fc if meta_model.head is not None else None
 
     def hook(module: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> None:
         x = inputs[0]
         if isinstance(module, nn.Conv2d):
             totals["flops"] += _conv_macs(module, out)
         elif isinstance(module, nn.Linear):
-            key = "head_flops" if module is meta_model.head.fc else "flops"
+            key = "head_flops" if module is head_fc else "flops"
             totals[key] += x.numel() // module.in_features * module.in_features * module.out_features
         elif isinstance(module, WindowAttention):
             windows, tokens, dim = x.shape

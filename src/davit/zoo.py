@@ -46,6 +46,9 @@ for _size, _file, _mm, _official in [
                         weights=f"hf-hub:timm/davit_{_size}.msft_in1k", metrics=_metrics))
 for _size in (name for name, arch in ARCHS.items() if arch.head):  # classifiers only
     _register(ModelInfo(f"davit-{_size}", _size))
+for _size in ("base", "large"):  # Florence-2's vision encoders: towers, no classifier
+    _register(ModelInfo(f"davit-florence2-{_size}", f"florence2-{_size}", num_classes=0,
+                        weights=f"hf-hub:florence-community/Florence-2-{_size}"))
 
 
 def list_models(pattern: str | None = None, pretrained: bool = False) -> list[str]:

@@ -7,16 +7,26 @@ import torch
 from PIL import Image
 
 from davit import get_model, inference_model
-from davit.checkpoint.card import CARD_KEY, ModelCard, Preprocessing, card_from_metadata, default_card
+from davit.checkpoint.card import (
+    CARD_KEY,
+    FLORENCE2_PREPROCESSING,
+    ModelCard,
+    Preprocessing,
+    card_from_metadata,
+    default_card,
+    guess_arch,
+    guessed_card,
+)
 from davit.checkpoint.convert import convert_file
 from davit.checkpoint.formats import from_davit
 from davit.checkpoint.io import read_checkpoint_file, read_metadata, save_state_dict_file
 from davit.checkpoint.load import load_checkpoint
 from davit.config import load_config
 from davit.config.specs import model_spec
+from davit.data import TestTransform
 from davit.engine.train_checkpoint import run_meta
 from davit.errors import CheckpointError, CheckpointMismatchError, InvalidArgumentError
-from davit.model import ARCHS, DaViTArch, DaViTClassifier
+from davit.model import ARCHS, DaViT, DaViTArch, DaViTClassifier
 from tests.paths import REPO
 
 MINI = DaViTArch((8, 16, 32, 64), (1, 1, 1, 1), (1, 2, 4, 8), window_size=2)
@@ -41,7 +51,7 @@ def mini_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("card", [_card(), _card(arch="tiny", num_classes=2, class_names=("a", "b")),
-                                  default_card("small", 1000)])
+                                  default_card("small", 1000), default_card("florence2-base", 0)])
 def test_dict_json_and_metadata_round_trips(card):
     assert ModelCard.from_dict(card.to_dict()) == card
     assert ModelCard.from_dict(json.loads(card.to_json())) == card
@@ -57,6 +67,33 @@ def test_default_card_is_todays_defaults():
     assert default_card(MINI, 10).class_names is None
 
 
+def test_florence2_towers_get_florence2s_processor():
+    card = default_card("florence2-large", 0)
+    assert card.num_classes == 0 and card.class_names is None
+    assert card.preprocessing == FLORENCE2_PREPROCESSING
+    assert card.preprocessing.exact_size == (768, 768) and card.preprocessing.interpolation == "bicubic"
+    assert card.to_dict()["preprocessing"]["exact_size"] == [768, 768]
+    assert Preprocessing.of(TestTransform(exact_size=(768, 768))).exact_size == (768, 768)
+
+
+def test_cards_without_exact_size_serialise_as_before():
+    """Older versions refuse unknown fields: a DaViT card must not write the new one."""
+    assert set(default_card("tiny", 1000).to_dict()["preprocessing"]) == {
+        "resize_edge", "crop_size", "interpolation", "mean", "std"}
+    older = {**_card().to_dict(), "preprocessing": {"resize_edge": 40, "crop_size": 32}}
+    assert ModelCard.from_dict(older).preprocessing.exact_size is None
+
+
+@pytest.mark.parametrize("tower, classifier", [("florence2-base", "base"), ("florence2-large", "large")])
+def test_florence2_towers_are_told_from_davits_of_the_same_widths(tower, classifier):
+    """Florence-2 base has DaViT base's widths and depths; its 3x3 downsamples tell them apart."""
+    for name, expected_classes in ((tower, 0), (classifier, 1000)):
+        with torch.device("meta"):
+            state = {f"backbone.{k}": v for k, v in DaViT(name).state_dict().items()}
+        assert guess_arch(state) == name
+        assert guessed_card(state).num_classes == expected_classes
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda d: {**d, "license": "mit"}, r"fields \['license'\].*newer version"),
     (lambda d: {**d, "preprocessing": {**d["preprocessing"], "antialias": True}}, "newer version"),
@@ -65,6 +102,7 @@ def test_default_card_is_todays_defaults():
     (lambda d: {**d, "arch": "tinyy"}, "unknown DaViT architecture"),
     (lambda d: {**d, "semantics": "keras"}, "semantics"),
     (lambda d: {**d, "preprocessing": {**d["preprocessing"], "crop_size": 0}}, "crop_size"),
+    (lambda d: {**d, "preprocessing": {**d["preprocessing"], "exact_size": [0, 768]}}, "exact_size"),
     (lambda d: {k: v for k, v in d.items() if k != "num_classes"}, "num_classes"),
     (lambda d: ["not", "a", "dict"], "JSON object"),
 ])

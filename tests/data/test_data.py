@@ -393,3 +393,21 @@ def test_preprocess_batches_any_sources():
     assert torch.equal(preprocess(CAT), batch[:1])
     with pytest.raises(ValueError, match="at least one"):
         preprocess([])
+
+
+def test_exact_size_resizes_both_sides_without_crop():
+    """Florence-2's processor: both sides to the (height, width) asked for, bicubic, no crop."""
+    image = load_image(CAT).resize((97, 61))
+    out = build_test_transform(exact_size=(40, 50))(image)
+    resized = torch.from_numpy(pixels(image.resize((50, 40), Image.Resampling.BICUBIC)).copy())
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    torch.testing.assert_close(out, (resized.permute(2, 0, 1).float() - mean) / std)
+    assert TestTransform(exact_size=(40, 50)) == build_test_transform(exact_size=(40, 50))
+    assert TestTransform().exact_size is None
+
+
+@pytest.mark.parametrize("size", [(0, 5), (5,), (5.0, 5), (True, 5)])
+def test_exact_size_must_be_two_positive_integers(size):
+    with pytest.raises(ValueError, match="exact_size"):
+        build_test_transform(exact_size=size)

@@ -41,8 +41,9 @@ def test_florence2_base_backbone_has_transformers_parameter_count():
     assert sum(p.numel() for p in backbone.parameters()) == 90_368_000
 
 
-def test_florence2_towers_are_not_zoo_models():
-    assert not [name for name in list_models() if "florence" in name]
+def test_florence2_towers_are_zoo_encoders_not_classifiers():
+    assert [name for name in list_models() if "florence" in name] == ["davit-florence2-base",
+                                                                      "davit-florence2-large"]
     assert {f"davit-{name}" for name in CLASSIFIERS} <= set(list_models())
 
 

@@ -24,19 +24,25 @@ from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, TestTransform, build_
 from ..errors import CheckpointError, CheckpointMismatchError, InvalidArgumentError
 from ..model.archs import ARCHS, SEMANTICS, DaViTArch, resolve_arch
 from ..model.classifier import DaViTClassifier
+from ..model.florence2 import Florence2Encoder, is_florence2
 
 CARD_KEY = "davit_card"
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Test-time preprocessing: resize the short edge, centre-crop, normalise (0-255 scale)."""
+    """Test-time preprocessing: resize the short edge, centre-crop, normalise (0-255 scale).
+
+    ``exact_size`` (height, width): resize both sides to it and do not crop instead, as
+    Florence-2's processor does; cards without it (every DaViT classifier's) do not store it.
+    """
 
     resize_edge: int = 236
     crop_size: int = 224
     interpolation: str = "bicubic"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    exact_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         for name in ("resize_edge", "crop_size"):
@@ -47,18 +53,33 @@ class Preprocessing:
         if not all(isinstance(v, (int, float)) for v in (*self.mean, *self.std)):
             raise InvalidArgumentError(f"preprocessing mean and std must be numbers, got "
                                        f"{list(self.mean)} and {list(self.std)}")
-        self.transform()  # checks the interpolation and the channel count of mean and std
+        if self.exact_size is not None:
+            object.__setattr__(self, "exact_size", tuple(self.exact_size))
+        self.transform()  # checks the interpolation, exact_size and the channel count of mean and std
 
     def transform(self) -> TestTransform:
         """The callable that turns an image (path, PIL image or array) into the model's input."""
         return build_test_transform(self.resize_edge, self.crop_size, self.mean, self.std,
-                                    self.interpolation)
+                                    self.interpolation, self.exact_size)
 
     @classmethod
     def of(cls, transform: TestTransform) -> Preprocessing:
         """The preprocessing a test transform (a config's pipeline) performs."""
         return cls(transform.resize_edge, transform.crop_size, transform.interpolation,
-                   transform.mean, transform.std)
+                   transform.mean, transform.std, transform.exact_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able fields; ``exact_size`` only when set, so older versions read DaViT cards."""
+        values: dict[str, Any] = {"resize_edge": self.resize_edge, "crop_size": self.crop_size,
+                                  "interpolation": self.interpolation, "mean": list(self.mean),
+                                  "std": list(self.std)}
+        if self.exact_size is not None:
+            values["exact_size"] = list(self.exact_size)
+        return values
+
+
+# Florence-2's processor: both sides to 768, bicubic, ImageNet mean and std, no crop.
+FLORENCE2_PREPROCESSING = Preprocessing(768, 768, "bicubic", IMAGENET_MEAN, IMAGENET_STD, exact_size=(768, 768))
 
 
 @dataclass(frozen=True)
@@ -97,13 +118,10 @@ class ModelCard:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict that :meth:`from_dict` reads back."""
-        pre = self.preprocessing
         return {"arch": self.arch if isinstance(self.arch, str) else self.arch.to_dict(),
                 "num_classes": self.num_classes,
                 "class_names": list(self.class_names) if self.class_names is not None else None,
-                "preprocessing": {"resize_edge": pre.resize_edge, "crop_size": pre.crop_size,
-                                  "interpolation": pre.interpolation, "mean": list(pre.mean),
-                                  "std": list(pre.std)},
+                "preprocessing": self.preprocessing.to_dict(),
                 "semantics": self.semantics}
 
     @classmethod
@@ -114,7 +132,7 @@ class ModelCard:
             values = dict(_known(data, cls, "model card"))
             pre = values.get("preprocessing") or {}
             pre_values: dict[str, Any] = {
-                key: tuple(value) if key in ("mean", "std") else value
+                key: tuple(value) if key in ("mean", "std", "exact_size") and value is not None else value
                 for key, value in _known(pre, Preprocessing, "preprocessing").items()}
             values["preprocessing"] = Preprocessing(**pre_values)
             if isinstance(values.get("arch"), dict):
@@ -161,10 +179,11 @@ def _known(data: Any, record: type, what: str) -> dict[str, Any]:
 
 
 def default_card(arch: str | DaViTArch, num_classes: int, semantics: str = "official") -> ModelCard:
-    """The card of weights that carry none: ImageNet preprocessing (236/224 bicubic) and, for
-    1000 classes, the ImageNet class names."""
+    """The card of weights that carry none: ImageNet preprocessing (236/224 bicubic; Florence-2's
+    processor for its towers) and, for 1000 classes, the ImageNet class names."""
     names = tuple(imagenet_classes()) if num_classes == 1000 else None
-    return ModelCard(arch, num_classes, names, Preprocessing(), semantics)
+    preprocessing = FLORENCE2_PREPROCESSING if is_florence2(resolve_arch(arch)) else Preprocessing()
+    return ModelCard(arch, num_classes, names, preprocessing, semantics)
 
 
 def config_card(spec: ModelSpec, cfg: dict[str, Any],
@@ -200,7 +219,7 @@ def card_from_metadata(meta: Mapping[str, Any], where: str = "the checkpoint") -
     return None
 
 
-def card_of(model: DaViTClassifier) -> ModelCard:
+def card_of(model: DaViTClassifier | Florence2Encoder) -> ModelCard:
     """The card of a classifier as it is now: its own card (preprocessing kept), updated with its
     current class count, class names and semantics, so a re-headed model is described right."""
     arch = model.arch
@@ -232,14 +251,25 @@ def guessed_card(state_dict: Mapping[str, Tensor]) -> ModelCard | None:
     if arch not in ARCHS:
         return None
     head = state_dict.get("head.fc.weight")
-    return default_card(arch, int(head.shape[0]) if head is not None else 1000)
+    return default_card(arch, int(head.shape[0]) if head is not None else 1000 if ARCHS[arch].head else 0)
 
 
 def guess_arch(state_dict: Mapping[str, Tensor]) -> str | None:
-    """Name the standard architecture whose widths and depths a davit-format state dict has, or
-    describe the widths and depths (None for no DaViT stages)."""
+    """Name the standard architecture whose widths, depths and patch kernels (DaViT base and
+    Florence-2 base differ only there) a davit-format state dict has, or describe the widths and
+    depths (None for no DaViT stages)."""
     dims, depths = stage_layout(state_dict)
+    kernels = _patch_kernels(state_dict, len(dims))
     for name, arch in ARCHS.items():
-        if dims == arch.embed_dims and depths == arch.depths:
+        if dims == arch.embed_dims and depths == arch.depths and kernels in ((), arch.patch_kernels):
             return name
     return f"embed_dims={list(dims)}, depths={list(depths)}" if dims else None
+
+
+def _patch_kernels(state_dict: Mapping[str, Tensor], stages: int) -> tuple[int, ...]:
+    """The kernel size of every stage's patch embedding (empty when a stage has none)."""
+    keys = ["backbone.stem.conv.weight"] + [f"backbone.stages.{stage}.downsample.conv.weight"
+                                            for stage in range(1, stages)]
+    if not all(key in state_dict for key in keys):
+        return ()
+    return tuple(int(state_dict[key].shape[-1]) for key in keys)

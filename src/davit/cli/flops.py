@@ -7,7 +7,7 @@ import json
 import torch
 
 from ..flops import count_flops
-from ..model import DaViTClassifier
+from ..model import build_model
 from ..resolve import resolve_model
 from .argtypes import add_input_size, add_semantics
 
@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     ref = resolve_model(args.model)
     with torch.device("meta"):
-        model = DaViTClassifier(ref.arch, num_classes=ref.num_classes, semantics=args.semantics)
+        model = build_model(ref.arch, num_classes=ref.num_classes, semantics=args.semantics)
     result = {"model": args.model, **count_flops(model, tuple(args.input_size))}
     if args.json:
         print(json.dumps(result))

@@ -4,7 +4,8 @@ mmpretrain runs ``ResizeEdge(scale=236, edge='short', backend='pillow',
 interpolation='bicubic')``, ``CenterCrop(crop_size=224)`` and then normalises
 RGB values in 0..255 with the ImageNet mean and std. The functions below repeat
 its size and offset arithmetic exactly and let Pillow do the resampling, so the
-crops match mmpretrain's pixel for pixel.
+crops match mmpretrain's pixel for pixel. Florence-2's processor instead resizes both sides to
+a fixed (height, width) and does not crop (``exact_size``).
 """
 
 import os
@@ -32,6 +33,13 @@ _RESAMPLING = {
 }
 
 
+def _resampling(interpolation: str) -> Image.Resampling:
+    """Pillow's filter named ``interpolation``: nearest, bilinear, bicubic, box, lanczos, hamming."""
+    if interpolation not in _RESAMPLING:
+        raise InvalidArgumentError(f"interpolation must be one of {sorted(_RESAMPLING)}, got {interpolation!r}")
+    return _RESAMPLING[interpolation]
+
+
 def short_edge_size(width: int, height: int, size: int) -> tuple[int, int]:
     """(width, height) that mmpretrain's ``ResizeEdge(scale=size, edge='short')`` picks.
 
@@ -49,9 +57,7 @@ def resize_short_edge(img: Image.Image, size: int, interpolation: str = "bicubic
 
     ``interpolation`` is one of nearest, bilinear, bicubic, box, lanczos, hamming.
     """
-    if interpolation not in _RESAMPLING:
-        raise InvalidArgumentError(f"interpolation must be one of {sorted(_RESAMPLING)}, got {interpolation!r}")
-    return img.resize(short_edge_size(img.width, img.height, size), _RESAMPLING[interpolation])
+    return img.resize(short_edge_size(img.width, img.height, size), _resampling(interpolation))
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:
@@ -78,12 +84,21 @@ def to_uint8_crop(
     return pil_to_tensor(center_crop(resized, crop_size))
 
 
+def to_uint8_resized(img: ImageSource, size: tuple[int, int], interpolation: str = "bicubic") -> torch.Tensor:
+    """``img`` resized to exactly ``size`` (height, width), aspect ratio not kept, as a uint8
+    (3, height, width) tensor: Florence-2's processor, which neither keeps the ratio nor crops."""
+    height, width = size
+    return pil_to_tensor(load_image(img).resize((width, height), _resampling(interpolation)))
+
+
 @dataclass(frozen=True)
 class TestTransform:
     """Image source -> normalised float32 (3, crop_size, crop_size) tensor.
 
     Resizes the short edge to ``resize_edge``, centre-crops ``crop_size`` and
-    computes ``(x - mean) / std`` on RGB values in 0..255.
+    computes ``(x - mean) / std`` on RGB values in 0..255. With ``exact_size``
+    (height, width), resizes both sides to it instead and does not crop
+    (``resize_edge`` and ``crop_size`` are then unused).
     """
 
     __test__ = False  # keeps pytest from collecting this class
@@ -93,17 +108,24 @@ class TestTransform:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bicubic"
+    exact_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
-        if self.interpolation not in _RESAMPLING:
-            raise InvalidArgumentError(
-                f"interpolation must be one of {sorted(_RESAMPLING)}, got {self.interpolation!r}"
-            )
+        if self.exact_size is not None:
+            if len(self.exact_size) != 2 or not all(
+                    isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in self.exact_size):
+                raise InvalidArgumentError(f"exact_size must be two positive integers (height, width), "
+                                           f"got {self.exact_size!r}")
+            object.__setattr__(self, "exact_size", tuple(self.exact_size))
+        _resampling(self.interpolation)
         if len(self.mean) != 3 or len(self.std) != 3:
             raise InvalidArgumentError("mean and std need one value per RGB channel")
 
     def __call__(self, img: ImageSource) -> torch.Tensor:
-        pixels = to_uint8_crop(img, self.resize_edge, self.crop_size, self.interpolation).float()
+        if self.exact_size is not None:
+            pixels = to_uint8_resized(img, self.exact_size, self.interpolation).float()
+        else:
+            pixels = to_uint8_crop(img, self.resize_edge, self.crop_size, self.interpolation).float()
         mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
         return (pixels - mean) / std
@@ -115,12 +137,14 @@ def build_test_transform(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     interpolation: str = "bicubic",
+    exact_size: tuple[int, int] | None = None,
 ) -> TestTransform:
-    """The DaViT test-time transform; the defaults are those of mmpretrain's configs."""
+    """The DaViT test-time transform; the defaults are those of mmpretrain's configs.
+    ``exact_size`` (height, width) resizes to it without crop instead (Florence-2)."""
     if len(mean) != 3 or len(std) != 3:
         raise InvalidArgumentError(f"mean and std need one value per RGB channel, got {list(mean)} and {list(std)}")
     return TestTransform(resize_edge, crop_size, (mean[0], mean[1], mean[2]), (std[0], std[1], std[2]),
-                         interpolation)
+                         interpolation, exact_size)
 
 
 def preprocess(

@@ -123,6 +123,12 @@ def resolve_arch(arch: str | DaViTArch | dict) -> DaViTArch:
     raise InvalidArgumentError(f"arch must be a name, a dict or a DaViTArch, not {type(arch).__name__}")
 
 
+def arch_name(arch: DaViTArch) -> str:
+    """The :data:`ARCHS` name of ``arch``, else its widths and depths, for messages."""
+    name = next((name for name, known in ARCHS.items() if known == arch), None)
+    return name or f"embed_dims={list(arch.embed_dims)}, depths={list(arch.depths)}"
+
+
 def _arch_from_dict(arch: dict) -> DaViTArch:
     known = [field.name for field in fields(DaViTArch)]
     unknown = set(arch) - set(known)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 from torch import Tensor, nn
 
 from ..errors import InvalidArgumentError
-from .archs import DaViTArch, resolve_arch, resolve_semantics
+from .archs import DaViTArch, arch_name, resolve_arch, resolve_semantics
 from .backbone import DaViT
 
 if TYPE_CHECKING:  # the card lives above the model; only its type is needed here
@@ -43,8 +43,8 @@ class DaViTClassifier(nn.Module):
 
     ``model(images)`` returns logits; :meth:`extract_feat` returns the backbone's NCHW feature maps
     (the stages in ``out_indices``) or the pooled, normalised features (``stage="pre_logits"``).
-    Architectures without a head (``DaViTArch.head`` false, Florence-2's tower) are backbones only:
-    build :class:`DaViT` for them.
+    Architectures without a head (``DaViTArch.head`` false) are backbones: Florence-2's towers are
+    :class:`~davit.model.Florence2Encoder`, others :class:`DaViT`.
     """
 
     def __init__(self, arch: str | dict | DaViTArch = "tiny", num_classes: int = 1000,
@@ -54,8 +54,9 @@ class DaViTClassifier(nn.Module):
             raise InvalidArgumentError(f"num_classes must be a non-negative integer, got {num_classes!r}")
         resolved = resolve_arch(arch)
         if not resolved.head:
-            raise InvalidArgumentError(f"architecture {arch if isinstance(arch, str) else resolved} has no "
-                                       "classification head; build davit.DaViT for its features")
+            raise InvalidArgumentError(f"architecture {arch_name(resolved)} has no classification head; build "
+                                       "it with davit.model.build_model (Florence2Encoder for Florence-2's "
+                                       "towers) or davit.DaViT for its features")
         norm_first = resolve_semantics(semantics).head_norm_first
         self.semantics = semantics
         self.backbone = DaViT(resolved, semantics=semantics, **backbone_options)
