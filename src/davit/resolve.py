@@ -66,8 +66,7 @@ def resolve_model(model: str | Path | dict[str, Any] | DaViTArch, progress: bool
     if text in MODELS:
         return _zoo_ref(MODELS[text])
     if is_hf_hub_name(text):
-        config = download_hf_file(text, (CONFIG_FILE,), missing_ok=True)
-        return _described(text, read_pretrained_config(config) if config else None, progress)
+        return _described(text, _config_card(download_hf_file(text, (CONFIG_FILE,), missing_ok=True)), progress)
     path = Path(text).expanduser()
     if path.is_file() and path.suffix == ".py":
         return _config_ref(path)
@@ -75,10 +74,22 @@ def resolve_model(model: str | Path | dict[str, Any] | DaViTArch, progress: bool
         return _described(text, None, progress)
     if path.is_dir():
         config = path / CONFIG_FILE
-        return _described(text, read_pretrained_config(config) if config.is_file() else None, progress)
+        return _described(text, _config_card(config if config.is_file() else None), progress)
     if path.suffix in _FILE_LIKE or "/" in text:
         raise CheckpointNotFoundError(f"{text!r} does not exist: it is neither a file nor a folder")
     return _zoo_ref(get_model_info(text))  # an unknown name raises, suggesting close ones
+
+
+def _config_card(config: Path | None) -> ModelCard | None:
+    """The card of a folder's or Hub repo's ``config.json``; None without one, or for Florence-2's
+    own (transformers') config, whose weights then describe themselves."""
+    if config is None:
+        return None
+    try:
+        florence2 = json.loads(config.read_text(encoding="utf-8")).get("model_type") == "florence2"
+    except (OSError, ValueError, AttributeError):
+        florence2 = False  # read_pretrained_config says what is wrong with it
+    return None if florence2 else read_pretrained_config(config)
 
 
 def _zoo_ref(info: ModelInfo) -> ModelRef:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from huggingface_hub import constants as hf_constants
 from huggingface_hub.utils import EntryNotFoundError
 
 from davit.checkpoint import download as dl
@@ -22,6 +21,7 @@ from davit.checkpoint.download import (
 )
 from davit.checkpoint.hub import download_hf_checkpoint, is_hf_hub_name, parse_hf_hub_name
 from davit.checkpoint.io import load_state_dict_file, save_state_dict_file
+from tests.checkpoint.fakes import FakeHub
 
 HF_REPO = "timm/davit_tiny.msft_in1k"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -192,20 +192,6 @@ def test_http_404(server, torch_home):
 # --- Hugging Face Hub ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def hf_cache(tmp_path, monkeypatch) -> Path:
-    """An empty huggingface_hub cache in offline mode (constants are read at import, so patch them too)."""
-    home = tmp_path / "hf_home"
-    cache = home / "hub"
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hf_constants, "HF_HOME", str(home))
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-    return cache
-
-
 def _put_in_hf_cache(cache: Path, filename: str) -> Path:
     repo = cache / f"models--{HF_REPO.replace('/', '--')}"
     (repo / "refs").mkdir(parents=True)
@@ -244,30 +230,6 @@ def test_hf_offline_from_cache(hf_cache, filename):
     assert path == target
     assert load_state_dict_file(path)["head.fc.weight"].shape == (5, 2)
     assert download_hf_checkpoint(f"hf-hub:{HF_REPO}@{COMMIT}") == target
-
-
-class FakeHub:
-    """Stands in for the Hub: ``probe`` (``get_hf_file_metadata``) raises ``errors[filename]``,
-    ``download`` (``hf_hub_download``) returns a fake cache path; both record their calls."""
-
-    def __init__(self, errors: dict[str, Exception]):
-        self.errors, self.probed, self.downloaded = errors, [], []
-
-    def probe(self, url, timeout=None):
-        filename = url.rsplit("/", 1)[-1]
-        self.probed.append(filename)
-        if filename in self.errors:
-            raise self.errors[filename]
-
-    def download(self, repo_id, filename, *, revision=None):
-        self.downloaded.append(filename)
-        return f"/cache/{repo_id}/{filename}"
-
-    def install(self, monkeypatch):
-        monkeypatch.setattr(hub, "get_hf_file_metadata", self.probe)
-        monkeypatch.setattr(hub, "hf_hub_download", self.download)
-        monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-        return self
 
 
 def test_hf_falls_back_to_pytorch_model_bin(monkeypatch):

@@ -1,4 +1,6 @@
 """davit convert."""
+import logging
+
 import torch
 
 from davit.checkpoint.formats import detect_format
@@ -35,3 +37,30 @@ def test_convert_takes_a_model_name_as_the_readme_shows(tiny_mm_checkpoint, tmp_
     assert run_subcommand("convert", ["davit-tiny_3rdparty_in1k", str(out), "--to", "official"]) == 0
     assert detect_format(load_state_dict_file(out)) == "official"
     assert card_from_metadata(read_metadata(out)) == default_card("tiny", 1000)
+
+
+def test_convert_a_whole_florence2_checkpoint_between_its_layouts(tmp_path, capsys, caplog):
+    """The remote code's file (language model included) to transformers' layout, timm's tower and
+    back: the language model is skipped in one log line, the encoder's tensors survive exactly."""
+    from davit.checkpoint.formats import from_davit
+    from davit.model import Florence2Encoder
+
+    torch.manual_seed(0)
+    arch = {"embed_dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8], "window_size": 3,
+            "patch_kernels": [7, 3, 3, 3], "patch_strides": [4, 2, 2, 2], "patch_paddings": [3, 1, 1, 1],
+            "pad_to_stride": False, "channel_attention": "florence2", "head": False}
+    ours = Florence2Encoder(arch, projection_dim=12).state_dict()
+    remote = from_davit(ours, "florence2")
+    src = tmp_path / "pytorch_model.bin"
+    torch.save(remote | {"language_model.model.shared.weight": torch.randn(5, 4)}, src)
+    native, back, tower = (tmp_path / name for name in ("model.safetensors", "back.bin", "tower.pth"))
+    with caplog.at_level(logging.INFO, logger="davit"):
+        assert run_subcommand("convert", [str(src), str(native), "--to", "transformers"]) == 0
+    assert "ignored 1 tensor(s) of Florence-2's language model" in caplog.text
+    assert detect_format(load_state_dict_file(native)) == "transformers"
+    assert run_subcommand("convert", [str(native), str(back), "--to", "florence2"]) == 0
+    again = load_state_dict_file(back)
+    assert again.keys() == remote.keys() and all(torch.equal(again[k], remote[k]) for k in remote)
+    assert run_subcommand("convert", [str(back), str(tower), "--to", "timm"]) == 0
+    assert "stages.0.blocks.0.spatial_block.attn.qkv.weight" in load_state_dict_file(tower)
+    capsys.readouterr()

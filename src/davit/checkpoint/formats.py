@@ -1,22 +1,28 @@
 """State-dict key layouts of the published DaViT checkpoints and conversion between them.
 
 Formats:
-    ``official``   Microsoft's DaViT (``patch_embeds.*``, ``main_blocks.*``, ``norms.*``, ``head.*``)
-    ``mmpretrain`` mmpretrain / OpenMMLab (``backbone.patch_embed.*``, ``backbone.stages.*``, ``head.fc.*``)
-    ``timm``       timm's ``davit_*`` models (``stem.*``, ``stages.*``, ``head.norm.*``, ``head.fc.*``)
-    ``davit``      this library (``backbone.stem.*``, ``backbone.stages.*``, ``head.*``)
-Every tensor has the same shape in all four; only names differ.
+    ``official``     Microsoft's DaViT (``patch_embeds.*``, ``main_blocks.*``, ``norms.*``, ``head.*``)
+    ``mmpretrain``   mmpretrain / OpenMMLab (``backbone.patch_embed.*``, ``backbone.stages.*``, ``head.fc.*``)
+    ``timm``         timm's ``davit_*`` models (``stem.*``, ``stages.*``, ``head.norm.*``, ``head.fc.*``;
+                     the Florence-2 towers ``davit_*_fl`` name their blocks ``spatial_block``/``channel_block``)
+    ``davit``        this library (``backbone.stem.*``, ``backbone.stages.*``, ``projector.*``, ``head.*``)
+    ``florence2``    Florence-2's remote-code checkpoints, ``transformers`` transformers' Florence-2
+                     (see :mod:`davit.checkpoint.florence2_formats`)
+Every tensor has the same shape in all of them, except Florence-2's projection, which the remote
+code stores transposed; otherwise only names differ.
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 from torch import Tensor
 
 from ..errors import CheckpointFormatError, InvalidArgumentError
+from . import florence2_formats as fl
 
-FORMATS = ("official", "mmpretrain", "timm", "davit")
+FORMATS = ("official", "mmpretrain", "timm", "davit", *fl.FLORENCE2_FORMATS)
 BLOCK_KINDS = ("spatial", "channel")
 _PARAM = r"(?P<p>weight|bias)"
 
@@ -84,8 +90,9 @@ _TO_OURS: dict[str, list[Rule]] = {
         _rule(rf"stem\.(?P<l>conv|norm)\.{_PARAM}", lambda m: f"backbone.stem.{m['l']}.{m['p']}"),
         _rule(rf"stages\.(?P<s>\d+)\.downsample\.(?P<l>conv|norm)\.{_PARAM}",
               lambda m: f"backbone.stages.{m['s']}.downsample.{m['l']}.{m['p']}"),
-        _rule(rf"stages\.(?P<s>\d+)\.blocks\.(?P<b>\d+)\.(?P<k>[01])\.(?P<t>{_TAIL_ALT})\.{_PARAM}",
-              lambda m: _ours_block(m, m["t"], BLOCK_KINDS[int(m["k"])]) if m["t"] in _OURS_TAIL else None),
+        _rule(rf"stages\.(?P<s>\d+)\.blocks\.(?P<b>\d+)\.(?P<k>[01]|spatial_block|channel_block)\."
+              rf"(?P<t>{_TAIL_ALT})\.{_PARAM}",
+              lambda m: _ours_block(m, m["t"], _timm_kind(m["k"])) if m["t"] in _OURS_TAIL else None),
         _rule(rf"head\.(?P<l>norm|fc)\.{_PARAM}", lambda m: f"head.{m['l']}.{m['p']}"),
     ],
     "davit": [
@@ -93,12 +100,25 @@ _TO_OURS: dict[str, list[Rule]] = {
         _rule(rf"backbone\.stages\.\d+\.downsample\.(?:conv|norm)\.{_PARAM}", lambda m: m.group(0)),
         _rule(rf"backbone\.out_norms\.\d+\.{_PARAM}", lambda m: m.group(0)),  # dense backbones
         _rule(_OUR_BLOCK, lambda m: m.group(0) if m["t"] in _OURS_TAIL else None),
+        _rule("|".join(map(re.escape, fl.PROJECTOR_KEYS)), lambda m: m.group(0)),  # Florence-2
         _rule(rf"head\.(?:norm|fc)\.{_PARAM}", lambda m: m.group(0)),
     ],
 }
 
 
-def _from_ours_official(key: str, last_stage: int) -> str | None:
+def _timm_kind(name: str) -> str:
+    """The block kind of timm's block name: ``0``/``1``, or ``spatial_block``/``channel_block``."""
+    return BLOCK_KINDS[int(name)] if name.isdigit() else name.removesuffix("_block")
+
+
+class _Target(NamedTuple):
+    """What writing a layout needs to know of the whole state dict."""
+
+    last_stage: int  # mmpretrain names the final norm after it
+    florence2: bool  # a Florence-2 encoder: timm names its blocks
+
+
+def _from_ours_official(key: str, target: _Target) -> str | None:
     if m := re.match(rf"^backbone\.stem\.(?P<l>conv|norm)\.{_PARAM}$", key):
         return f"patch_embeds.0.{'proj' if m['l'] == 'conv' else 'norm'}.{m['p']}"
     if m := re.match(rf"^backbone\.stages\.(?P<s>\d+)\.downsample\.(?P<l>conv|norm)\.{_PARAM}$", key):
@@ -111,7 +131,7 @@ def _from_ours_official(key: str, last_stage: int) -> str | None:
     return None
 
 
-def _from_ours_mmpretrain(key: str, last_stage: int) -> str | None:
+def _from_ours_mmpretrain(key: str, target: _Target) -> str | None:
     if m := re.match(rf"^backbone\.stem\.(?P<l>conv|norm)\.{_PARAM}$", key):
         return f"backbone.patch_embed.{'projection' if m['l'] == 'conv' else 'norm'}.{m['p']}"
     if m := re.match(rf"^backbone\.stages\.(?P<s>\d+)\.downsample\.(?P<l>conv|norm)\.{_PARAM}$", key):
@@ -122,30 +142,43 @@ def _from_ours_mmpretrain(key: str, last_stage: int) -> str | None:
         tail = _OURS_TAIL[m["t"]][1 + kind]
         return f"backbone.stages.{m['s']}.blocks.{m['b']}.{m['k']}_block.{tail}.{m['p']}"
     if m := re.match(rf"^head\.(?P<l>norm|fc)\.{_PARAM}$", key):
-        return f"backbone.norm{last_stage}.{m['p']}" if m["l"] == "norm" else key
+        return f"backbone.norm{target.last_stage}.{m['p']}" if m["l"] == "norm" else key
     return None
 
 
-def _from_ours_timm(key: str, last_stage: int) -> str | None:
+def _from_ours_timm(key: str, target: _Target) -> str | None:
     if m := re.match(rf"^backbone\.((?:stem|stages\.\d+\.downsample)\.(?:conv|norm)\.{_PARAM})$", key):
         return m.group(1)
     if m := re.match("^" + _OUR_BLOCK + "$", key):
-        return f"stages.{m['s']}.blocks.{m['b']}.{BLOCK_KINDS.index(m['k'])}.{m['t']}.{m['p']}"
+        kind = f"{m['k']}_block" if target.florence2 else BLOCK_KINDS.index(m["k"])
+        return f"stages.{m['s']}.blocks.{m['b']}.{kind}.{m['t']}.{m['p']}"
     if re.match(rf"^head\.(?:norm|fc)\.{_PARAM}$", key):
         return key
     return None
 
 
-_FROM_OURS: dict[str, Callable[[str, int], str | None]] = {
+def _from_ours_florence2(layout: fl.Florence2Layout) -> Callable[[str, _Target], str | None]:
+    return lambda key, target: layout.from_ours(key)
+
+
+_FROM_OURS: dict[str, Callable[[str, _Target], str | None]] = {
     "official": _from_ours_official,
     "mmpretrain": _from_ours_mmpretrain,
     "timm": _from_ours_timm,
-    "davit": lambda key, last_stage: key if _match_ours(key, "davit") else None,
+    "davit": lambda key, target: key if _match_ours(key, "davit") else None,
+    **{fmt: _from_ours_florence2(fl.LAYOUTS[fmt]) for fmt in fl.FLORENCE2_FORMATS},
 }
 
+# Steps on this library's side of a layout's renaming: after it on reading, before it on writing.
+_AFTER_READING: dict[str, Callable[[Mapping[str, Tensor]], dict[str, Tensor]]] = {
+    "timm": fl.drop_timm_placeholder_norm, "florence2": fl.transpose_projection}
+_BEFORE_WRITING: dict[str, Callable[[Mapping[str, Tensor]], dict[str, Tensor]]] = {
+    "timm": fl.timm_tower, "florence2": fl.transpose_projection}
 
 
 def _match_ours(key: str, fmt: str) -> str | None:
+    if fmt in fl.LAYOUTS:
+        return fl.LAYOUTS[fmt].to_ours(key)
     for pattern, build in _TO_OURS[fmt]:
         if m := pattern.match(key):
             return build(m)
@@ -160,6 +193,8 @@ def detect_format(state_dict: Mapping[str, Tensor]) -> str:
     scores = {fmt: sum(_match_ours(k, fmt) is not None for k in keys) for fmt in FORMATS}
     best = max(FORMATS, key=lambda fmt: scores[fmt])
     if scores[best] == 0:
+        if fl.language_model_only(keys):
+            raise fl.no_tower_error(len(keys))
         raise CheckpointFormatError(
             f"the checkpoint's keys fit no DaViT format ({', '.join(FORMATS)}); first keys: "
             f"{keys[:5]}. Is it a DaViT checkpoint?")
@@ -167,9 +202,12 @@ def detect_format(state_dict: Mapping[str, Tensor]) -> str:
 
 
 def to_davit(state_dict: Mapping[str, Tensor], fmt: str | None = None) -> dict[str, Tensor]:
-    """Rename a state dict from ``fmt`` (detected when None) to this library's keys."""
+    """Rename a state dict from ``fmt`` (detected when None) to this library's keys; a whole
+    Florence-2 checkpoint's language model is skipped."""
     fmt = fmt or detect_format(state_dict)
     _check_format(fmt)
+    if fmt in fl.LAYOUTS:
+        state_dict = fl.skip_language_model(state_dict, fmt)
     renamed, unknown = {}, []
     for key, value in state_dict.items():
         new = _match_ours(key, fmt)
@@ -180,23 +218,27 @@ def to_davit(state_dict: Mapping[str, Tensor], fmt: str | None = None) -> dict[s
     if unknown:
         raise CheckpointFormatError(
             f"{len(unknown)} key(s) are not part of the {fmt} DaViT format: {_preview(unknown)}")
-    return renamed
+    fl.check_tower(renamed)
+    return _AFTER_READING[fmt](renamed) if fmt in _AFTER_READING else renamed
 
 
 def from_davit(state_dict: Mapping[str, Tensor], fmt: str) -> dict[str, Tensor]:
     """Rename a state dict with this library's keys to the ``fmt`` layout."""
     _check_format(fmt)
+    state_dict = _BEFORE_WRITING[fmt](state_dict) if fmt in _BEFORE_WRITING else state_dict
     stages = {int(m.group(1)) for k in state_dict if (m := re.match(r"^backbone\.stages\.(\d+)\.", k))}
-    last_stage = max(stages, default=3)
+    target = _Target(max(stages, default=3), fl.is_florence2_tower(state_dict))
     renamed, unknown = {}, []
     for key, value in state_dict.items():
-        new = _FROM_OURS[fmt](key, last_stage)
+        new = _FROM_OURS[fmt](key, target)
         if new is None:
             unknown.append(key)
         else:
             renamed[new] = value
     if unknown:
-        raise CheckpointFormatError(f"{len(unknown)} key(s) are not DaViT keys: {_preview(unknown)}")
+        raise CheckpointFormatError(
+            f"{len(unknown)} key(s) have no place in the {fmt} format (not DaViT keys, or parts that "
+            f"layout does not hold): {_preview(unknown)}")
     return renamed
 
 

@@ -18,7 +18,6 @@ logger = logging.getLogger("davit")
 HEAD_KEYS = ("head.fc.weight", "head.fc.bias")
 
 
-
 def load_checkpoint(source: str | Path, progress: bool = True) -> tuple[dict[str, Tensor], ModelCard | None]:
     """Read a checkpoint from any weights source (see :func:`davit.resolve.resolve_weights`):
     its tensors renamed to this library's keys, and the model card it carries (checked against
@@ -69,9 +68,17 @@ def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], reset_head: bo
         model_desc = f"embed_dims={list(arch.embed_dims)}, depths={list(arch.depths)}" if arch else "the model"
         raise CheckpointMismatchError(
             f"the checkpoint does not fit the model ({model_desc}); it looks like "
-            f"{guess_arch(state_dict) or 'another network'}. " + " | ".join(problems)
+            f"{_guess(state_dict) or 'another network'}. " + " | ".join(problems)
             + ". Pick the model that matches the checkpoint.")
     model.load_state_dict(state_dict, strict=not reset_head)
+
+
+def _guess(state_dict: Mapping[str, Tensor]) -> str | None:
+    """The architecture a davit-format state dict looks like, with or without the ``backbone.``
+    prefix (a bare backbone's weights)."""
+    if not any(key.startswith("backbone.") for key in state_dict):
+        state_dict = {f"backbone.{key}": value for key, value in state_dict.items()}
+    return guess_arch(state_dict)
 
 
 def load_pretrained(model: nn.Module, source: str | Path | Mapping[str, Tensor],
@@ -84,9 +91,10 @@ def load_pretrained(model: nn.Module, source: str | Path | Mapping[str, Tensor],
     """
     state_dict = source if isinstance(source, Mapping) else read_checkpoint(source, progress=progress)
     if not any(k.startswith("head.") for k in model.state_dict()):
-        head = [k for k in state_dict if not k.startswith("backbone.")]
-        if head:
-            logger.info("loading a backbone: skipping the checkpoint's classifier keys %s", head)
+        others = [k for k in state_dict if not k.startswith("backbone.")]
+        if others:
+            logger.info("loading a backbone: skipping the checkpoint's keys outside it (classifier, "
+                        "projector) %s", others)
         state_dict = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
         load_into(model, state_dict)
         return model
