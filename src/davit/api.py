@@ -15,13 +15,12 @@ from .checkpoint.load import HEAD_KEYS, checkpoint_num_classes, load_checkpoint,
 from .data import ImageLoadError, TestTransform, build_test_transform, imagenet_classes
 from .engine.predict import class_probabilities
 from .errors import CheckpointMismatchError, InvalidArgumentError
-from .model import ARCHS, DaViTArch, DaViTClassifier, Florence2Encoder, build_model, is_florence2
-from .resolve import ModelRef, resolve_device, resolve_model, resolve_weights
+from .model import DaViTClassifier, Florence2Encoder, build_model, is_florence2
+from .resolve import ModelRef, ModelSource, pretrained_source, resolve_device, resolve_model
 
 logger = logging.getLogger("davit")
 
 ImageInput = Any  # a file path, a PIL image or an HxWx3 uint8 array
-ModelSource = str | Path | dict | DaViTArch  # see davit.resolve.resolve_model
 Model = DaViTClassifier | Florence2Encoder
 
 
@@ -52,7 +51,7 @@ def get_model(model: ModelSource, pretrained: bool | str | Path | None = None,
     """
     target = resolve_device(device) if device is not None else None  # fail before any download
     ref = resolve_model(model, progress=progress)
-    source = _weights_source(ref, model, ref.is_weights if pretrained is None else pretrained)
+    source = pretrained_source(ref, model, pretrained)
     state_dict, file_card = load_checkpoint(source, progress) if source is not None else (None, None)
     card = _card(ref, file_card, state_dict, num_classes, semantics)
     net = build_model(card.arch, card.num_classes, card.semantics, _projection_dim(card, state_dict),
@@ -62,24 +61,6 @@ def get_model(model: ModelSource, pretrained: bool | str | Path | None = None,
     _attach(net, card)
     net.eval()
     return net.to(target) if target is not None else net
-
-
-def _weights_source(ref: ModelRef, model: ModelSource,
-                    pretrained: bool | str | Path | None) -> str | Path | None:
-    """The checkpoint that ``pretrained`` asks for: None, the model's own weights or a source."""
-    if pretrained is True:
-        if ref.weights is not None:
-            return ref.weights
-        if ref.card is None and not (isinstance(model, str) and model in ARCHS):
-            raise InvalidArgumentError("a custom architecture has no published weights; give a "
-                                       "checkpoint (path, URL, folder or hf-hub: name) for it")
-        return resolve_weights(str(model))  # says why the name has none
-    if pretrained is False or pretrained is None:
-        return None
-    if isinstance(pretrained, (str, Path)):
-        return pretrained
-    raise InvalidArgumentError(f"pretrained must be a bool, a path, a URL or an hf-hub: name, "
-                               f"not {type(pretrained).__name__}")
 
 
 def _card(ref: ModelRef, file_card: ModelCard | None, state_dict: Mapping[str, torch.Tensor] | None,

@@ -30,6 +30,7 @@ from .errors import CheckpointError, CheckpointNotFoundError, DavitError, Device
 from .model.archs import ARCHS, DaViTArch, resolve_arch
 from .zoo import MODELS, ModelInfo, get_model_info
 
+ModelSource = str | Path | dict | DaViTArch  # what resolve_model takes
 _REMOTE = re.compile(r"^(https?://|hf-hub:)")
 _FILE_LIKE = (".py", ".pth", ".pt", ".bin", ".safetensors", ".json")
 
@@ -139,6 +140,28 @@ def _config_ref(path: Path) -> ModelRef:
     weights = cfg.get("load_from")
     return ModelRef(spec.arch, spec.num_classes, str(weights) if weights else None, card,
                     dict(spec.backbone_options))
+
+
+def pretrained_source(ref: ModelRef, model: ModelSource,
+                      pretrained: bool | str | Path | None) -> str | Path | None:
+    """The checkpoint a ``pretrained=`` argument asks for (None: random weights): True means the
+    model's own weights; the default (None) means them when ``model`` was named by its weights
+    (a file, URL, folder or ``hf-hub:`` name) and random weights for names and configs."""
+    if pretrained is None:
+        pretrained = ref.is_weights
+    if pretrained is True:
+        if ref.weights is not None:
+            return ref.weights
+        if ref.card is None and not (isinstance(model, str) and model in ARCHS):
+            raise InvalidArgumentError("a custom architecture has no published weights; give a "
+                                       "checkpoint (path, URL, folder or hf-hub: name) for it")
+        return resolve_weights(str(model))  # says why the name has none
+    if pretrained is False or pretrained is None:
+        return None
+    if isinstance(pretrained, (str, Path)):
+        return pretrained
+    raise InvalidArgumentError(f"pretrained must be a bool, a path, a URL or an hf-hub: name, "
+                               f"not {type(pretrained).__name__}")
 
 
 def resolve_weights(source: str | Path) -> str:

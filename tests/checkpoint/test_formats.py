@@ -1,11 +1,13 @@
 """Key layouts: every key of every published format maps consistently, and conversions are lossless."""
 import csv
+import logging
+from dataclasses import replace
 
 import pytest
 import torch
 
 from davit.checkpoint.formats import CheckpointFormatError, convert_state_dict, detect_format, from_davit, to_davit
-from davit.model import DaViTClassifier
+from davit.model import ARCHS, DaViT, DaViTClassifier
 from tests.paths import FIXTURES
 
 FORMAT_COLUMNS = ["official", "mmpretrain", "timm"]
@@ -71,13 +73,37 @@ def test_foreign_keys_are_refused():
 
 
 def test_davit_format_accepts_output_norms_of_dense_backbones():
-    from dataclasses import replace
-
-    from davit.model import ARCHS, DaViT
-
     with torch.device("meta"):
         backbone = DaViT(replace(ARCHS["tiny"], out_norms=True), out_indices=(0, 1, 2, 3))
     state_dict = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
     assert any(".out_norms." in k for k in state_dict)
     assert detect_format(state_dict) == "davit"
     assert to_davit(state_dict) == state_dict
+
+
+@pytest.mark.parametrize("arch", ["tiny", "small", "base"])
+def test_dense_backbones_write_and_read_the_official_dense_key_tables(arch):
+    """``official-dense`` is the official detection backbone's file (``norm{i}`` per output stage),
+    ``mmdet`` the same below a detector's ``backbone.``."""
+    with torch.device("meta"):
+        backbone = DaViT(replace(ARCHS[arch], out_norms=True), out_indices=(0, 1, 2, 3))
+    ours = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    expected = _shapes(arch, "official-dense")
+    for fmt, prefix in (("official-dense", ""), ("mmdet", "backbone.")):
+        converted = from_davit(ours, fmt)
+        assert {k: list(v.shape) for k, v in converted.items()} == {prefix + k: v for k, v in expected.items()}
+        assert detect_format(converted) == fmt
+        assert to_davit(converted) == ours
+
+
+def test_a_detectors_neck_and_heads_are_skipped_and_a_classifier_is_written_without_its_head(caplog):
+    caplog.set_level(logging.INFO, logger="davit")
+    with torch.device("meta"):
+        classifier = DaViTClassifier("tiny").state_dict()
+    detector = from_davit(classifier, "mmdet")
+    assert all(k.startswith(("backbone.patch_embeds.", "backbone.main_blocks.")) for k in detector)
+    assert "left out 4 tensor(s): head.norm.weight, head.norm.bias, head.fc.weight, head.fc.bias" in caplog.text
+    detector |= {"neck.fpn_convs.0.conv.weight": torch.zeros(1), "roi_head.bbox_head.fc_cls.bias": torch.zeros(1)}
+    read = to_davit(detector)
+    assert "ignored 2 tensor(s) of the detector outside its backbone (neck, roi_head)" in caplog.text
+    assert read.keys() == {k for k in classifier if k.startswith("backbone.")}

@@ -64,3 +64,22 @@ def test_convert_a_whole_florence2_checkpoint_between_its_layouts(tmp_path, caps
     assert run_subcommand("convert", [str(back), str(tower), "--to", "timm"]) == 0
     assert "stages.0.blocks.0.spatial_block.attn.qkv.weight" in load_state_dict_file(tower)
     capsys.readouterr()
+
+
+def test_convert_classification_weights_to_the_dense_layouts(tiny_mm_checkpoint, tmp_path, caplog, capsys):
+    """The fix for "classification weights do not load into the official detection backbone":
+    ``--to mmdet`` (a detector's ``backbone.`` keys) and ``--to official-dense`` (a backbone file)
+    write the backbone alone, the head left out in one log line."""
+    from davit.checkpoint.formats import from_davit, to_davit
+
+    detector, plain = tmp_path / "mmdet.pth", tmp_path / "dense.safetensors"
+    with caplog.at_level(logging.INFO, logger="davit"):
+        assert run_subcommand("convert", [str(tiny_mm_checkpoint), str(detector), "--to", "mmdet"]) == 0
+    assert "left out 4 tensor(s): head.norm.weight" in caplog.text
+    assert run_subcommand("convert", [str(detector), str(plain), "--to", "official-dense"]) == 0
+    written = load_state_dict_file(plain)
+    ours = {k: v for k, v in to_davit(load_state_dict_file(tiny_mm_checkpoint)).items() if k.startswith("backbone.")}
+    expected = from_davit(ours, "official-dense")
+    assert "patch_embeds.0.proj.weight" in written and not any(k.startswith("backbone.") for k in written)
+    assert written.keys() == expected.keys() and all(torch.equal(written[k], expected[k]) for k in expected)
+    capsys.readouterr()

@@ -5,16 +5,25 @@ Formats:
     ``mmpretrain``   mmpretrain / OpenMMLab (``backbone.patch_embed.*``, ``backbone.stages.*``, ``head.fc.*``)
     ``timm``         timm's ``davit_*`` models (``stem.*``, ``stages.*``, ``head.norm.*``, ``head.fc.*``;
                      the Florence-2 towers ``davit_*_fl`` name their blocks ``spatial_block``/``channel_block``)
-    ``davit``        this library (``backbone.stem.*``, ``backbone.stages.*``, ``projector.*``, ``head.*``)
+    ``official-dense``  the official detection/segmentation backbone (``patch_embeds.*``,
+                     ``main_blocks.*``, ``norm{i}.*`` for each output stage; no head), as its
+                     ``pretrained=`` / mmdet's ``init_cfg`` reads a backbone file
+    ``mmdet``        the same below mmdet's / mmseg's ``backbone.`` (a detector's ``load_from``); the
+                     detector's other tensors (neck, heads) are skipped on reading
+    ``davit``        this library (``backbone.stem.*``, ``backbone.stages.*``, ``backbone.out_norms.*``,
+                     ``projector.*``, ``head.*``)
     ``florence2``    Florence-2's remote-code checkpoints, ``transformers`` transformers' Florence-2
                      (see :mod:`davit.checkpoint.florence2_formats`)
 Every tensor has the same shape in all of them, except Florence-2's projection, which the remote
-code stores transposed; otherwise only names differ.
+code stores transposed; otherwise only names differ. The dense layouts have no place for a
+classifier or projector: writing them leaves those out (logged).
 """
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import NamedTuple
 
 from torch import Tensor
@@ -22,7 +31,11 @@ from torch import Tensor
 from ..errors import CheckpointFormatError, InvalidArgumentError
 from . import florence2_formats as fl
 
-FORMATS = ("official", "mmpretrain", "timm", "davit", *fl.FLORENCE2_FORMATS)
+logger = logging.getLogger("davit")
+
+DENSE_FORMATS = ("official-dense", "mmdet")
+FORMATS = ("official", "mmpretrain", "timm", "davit", *fl.FLORENCE2_FORMATS, *DENSE_FORMATS)
+DETECTOR_PREFIX = "backbone."  # where mmdet and mmseg keep a detector's backbone
 BLOCK_KINDS = ("spatial", "channel")
 _PARAM = r"(?P<p>weight|bias)"
 
@@ -61,15 +74,30 @@ def _ours_block(m: re.Match, tail: str, kind: str | None = None) -> str:
     return f"backbone.stages.{m['s']}.blocks.{m['b']}.{kind}.{tail}.{m['p']}"
 
 
-_TO_OURS: dict[str, list[Rule]] = {
-    "official": [
-        _rule(rf"patch_embeds\.0\.proj\.{_PARAM}", lambda m: f"backbone.stem.conv.{m['p']}"),
-        _rule(rf"patch_embeds\.0\.norm\.{_PARAM}", lambda m: f"backbone.stem.norm.{m['p']}"),
-        _rule(rf"patch_embeds\.(?P<s>\d+)\.(?P<l>proj|norm)\.{_PARAM}",
+def _official_backbone(prefix: str = "") -> list[Rule]:
+    """The official DaViT's patch embeddings and blocks, below ``prefix``; shared by the
+    classification and dense layouts, which differ only in their norms and head."""
+    at = re.escape(prefix)
+    return [
+        _rule(rf"{at}patch_embeds\.0\.proj\.{_PARAM}", lambda m: f"backbone.stem.conv.{m['p']}"),
+        _rule(rf"{at}patch_embeds\.0\.norm\.{_PARAM}", lambda m: f"backbone.stem.norm.{m['p']}"),
+        _rule(rf"{at}patch_embeds\.(?P<s>\d+)\.(?P<l>proj|norm)\.{_PARAM}",
               lambda m: f"backbone.stages.{m['s']}.downsample.{'conv' if m['l'] == 'proj' else 'norm'}.{m['p']}"),
-        _rule(rf"main_blocks\.(?P<s>\d+)\.(?P<b>\d+)\.(?P<k>[01])\.(?P<t>{_TAIL_ALT})\.{_PARAM}",
+        _rule(rf"{at}main_blocks\.(?P<s>\d+)\.(?P<b>\d+)\.(?P<k>[01])\.(?P<t>{_TAIL_ALT})\.{_PARAM}",
               lambda m: _ours_block(m, _OFFICIAL_TAIL[m["t"]], BLOCK_KINDS[int(m["k"])])
               if m["t"] in _OFFICIAL_TAIL else None),
+    ]
+
+
+def _official_dense(prefix: str = "") -> list[Rule]:
+    """The official dense backbone: the blocks and one ``norm{i}`` per output stage."""
+    return [*_official_backbone(prefix), _rule(rf"{re.escape(prefix)}norm(?P<i>\d+)\.{_PARAM}",
+                                               lambda m: f"backbone.out_norms.{m['i']}.{m['p']}")]
+
+
+_TO_OURS: dict[str, list[Rule]] = {
+    "official": [
+        *_official_backbone(),
         _rule(rf"norms\.{_PARAM}", lambda m: f"head.norm.{m['p']}"),
         _rule(rf"head\.{_PARAM}", lambda m: f"head.fc.{m['p']}"),
     ],
@@ -103,6 +131,8 @@ _TO_OURS: dict[str, list[Rule]] = {
         _rule("|".join(map(re.escape, fl.PROJECTOR_KEYS)), lambda m: m.group(0)),  # Florence-2
         _rule(rf"head\.(?:norm|fc)\.{_PARAM}", lambda m: m.group(0)),
     ],
+    "official-dense": _official_dense(),
+    "mmdet": _official_dense(DETECTOR_PREFIX),
 }
 
 
@@ -161,19 +191,56 @@ def _from_ours_florence2(layout: fl.Florence2Layout) -> Callable[[str, _Target],
     return lambda key, target: layout.from_ours(key)
 
 
+def _from_ours_dense(prefix: str) -> Callable[[str, _Target], str | None]:
+    """The official dense layout below ``prefix``: output norms as ``norm{i}``, the rest as the
+    official classifier names them (its head is left out before renaming)."""
+    def rename(key: str, target: _Target) -> str | None:
+        if m := re.match(rf"^backbone\.out_norms\.(?P<i>\d+)\.{_PARAM}$", key):
+            return f"{prefix}norm{m['i']}.{m['p']}"
+        new = _from_ours_official(key, target)
+        return None if new is None else prefix + new
+    return rename
+
+
+def _backbone_only(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The backbone's tensors, for a dense layout, which has no place for a classifier or a
+    projector; what is left out is logged in one line."""
+    kept = {key: value for key, value in state_dict.items() if key.startswith("backbone.")}
+    left_out = [key for key in state_dict if key not in kept]
+    if left_out:
+        logger.info("a dense backbone layout holds no classifier or projector: left out %d tensor(s): %s",
+                    len(left_out), _preview(left_out))
+    return kept
+
+
+def _skip_detector(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A detector's or segmentor's backbone tensors; the rest (neck, heads) counted in one log line."""
+    kept = {key: value for key, value in state_dict.items() if key.startswith(DETECTOR_PREFIX)}
+    if len(kept) < len(state_dict):
+        parts = sorted({key.split(".", 1)[0] for key in state_dict if key not in kept})
+        logger.info("ignored %d tensor(s) of the detector outside its backbone (%s); only the backbone is read",
+                    len(state_dict) - len(kept), ", ".join(parts))
+    return kept
+
+
 _FROM_OURS: dict[str, Callable[[str, _Target], str | None]] = {
     "official": _from_ours_official,
     "mmpretrain": _from_ours_mmpretrain,
     "timm": _from_ours_timm,
     "davit": lambda key, target: key if _match_ours(key, "davit") else None,
     **{fmt: _from_ours_florence2(fl.LAYOUTS[fmt]) for fmt in fl.FLORENCE2_FORMATS},
+    "official-dense": _from_ours_dense(""),
+    "mmdet": _from_ours_dense(DETECTOR_PREFIX),
 }
 
-# Steps on this library's side of a layout's renaming: after it on reading, before it on writing.
+# Steps outside a layout's renaming: on reading, before it (what the file holds besides the model)
+# and after it (on this library's side); on writing, before it.
+_BEFORE_READING: dict[str, Callable[[Mapping[str, Tensor]], dict[str, Tensor]]] = {
+    **{fmt: partial(fl.skip_language_model, fmt=fmt) for fmt in fl.FLORENCE2_FORMATS}, "mmdet": _skip_detector}
 _AFTER_READING: dict[str, Callable[[Mapping[str, Tensor]], dict[str, Tensor]]] = {
     "timm": fl.drop_timm_placeholder_norm, "florence2": fl.transpose_projection}
 _BEFORE_WRITING: dict[str, Callable[[Mapping[str, Tensor]], dict[str, Tensor]]] = {
-    "timm": fl.timm_tower, "florence2": fl.transpose_projection}
+    "timm": fl.timm_tower, "florence2": fl.transpose_projection, **dict.fromkeys(DENSE_FORMATS, _backbone_only)}
 
 
 def _match_ours(key: str, fmt: str) -> str | None:
@@ -203,11 +270,11 @@ def detect_format(state_dict: Mapping[str, Tensor]) -> str:
 
 def to_davit(state_dict: Mapping[str, Tensor], fmt: str | None = None) -> dict[str, Tensor]:
     """Rename a state dict from ``fmt`` (detected when None) to this library's keys; a whole
-    Florence-2 checkpoint's language model is skipped."""
+    Florence-2 checkpoint's language model, and a whole detector's neck and heads, are skipped."""
     fmt = fmt or detect_format(state_dict)
     _check_format(fmt)
-    if fmt in fl.LAYOUTS:
-        state_dict = fl.skip_language_model(state_dict, fmt)
+    if fmt in _BEFORE_READING:
+        state_dict = _BEFORE_READING[fmt](state_dict)
     renamed, unknown = {}, []
     for key, value in state_dict.items():
         new = _match_ours(key, fmt)

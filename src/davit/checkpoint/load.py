@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointMismatchError
@@ -16,6 +18,7 @@ from .io import read_checkpoint_file
 logger = logging.getLogger("davit")
 
 HEAD_KEYS = ("head.fc.weight", "head.fc.bias")
+_OUT_NORM = re.compile(r"^out_norms\.\d+\.")  # a backbone's output norms, by its own keys
 
 
 def load_checkpoint(source: str | Path, progress: bool = True) -> tuple[dict[str, Tensor], ModelCard | None]:
@@ -84,19 +87,14 @@ def _guess(state_dict: Mapping[str, Tensor]) -> str | None:
 def load_pretrained(model: nn.Module, source: str | Path | Mapping[str, Tensor],
                     progress: bool = True) -> nn.Module:
     """Load ``source`` (path, URL or hub name in any format, or a davit-format state dict) into a
-    DaViT classifier or backbone.
+    DaViT classifier or backbone (see :func:`load_backbone`).
 
     A classifier whose class count differs from the checkpoint's keeps its own freshly initialised
     ``head.fc`` (logged), the usual set-up for fine-tuning.
     """
     state_dict = source if isinstance(source, Mapping) else read_checkpoint(source, progress=progress)
     if not any(k.startswith("head.") for k in model.state_dict()):
-        others = [k for k in state_dict if not k.startswith("backbone.")]
-        if others:
-            logger.info("loading a backbone: skipping the checkpoint's keys outside it (classifier, "
-                        "projector) %s", others)
-        state_dict = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
-        load_into(model, state_dict)
+        load_backbone(model, state_dict)
         return model
     ckpt_classes = checkpoint_num_classes(state_dict)
     reset_head = ckpt_classes is not None and ckpt_classes != model.num_classes
@@ -105,3 +103,29 @@ def load_pretrained(model: nn.Module, source: str | Path | Mapping[str, Tensor],
                        "head.fc is re-initialised (fine-tuning set-up)", ckpt_classes, model.num_classes)
     load_into(model, state_dict, reset_head=reset_head)
     return model
+
+
+def load_backbone(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
+    """Load a davit-format state dict into a bare backbone (:class:`~davit.model.DaViT`, a dense
+    backbone), so that classification, Florence-2 and detection weights all start one.
+
+    What a backbone has no place for (the classifier, Florence-2's projector, the output norms of
+    stages it does not output) is dropped, and the output norms that the weights lack (every
+    classifier's) start as identity LayerNorms (ones and zeros), each reported in one log line;
+    anything else missing or mis-shaped raises :class:`CheckpointMismatchError`.
+    """
+    expected = model.state_dict()
+    weights = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+    dropped = [k for k in state_dict if not k.startswith("backbone.")]
+    dropped += [f"backbone.{k}" for k in weights if _OUT_NORM.match(k) and k not in expected]
+    weights = {k: v for k, v in weights.items() if k in expected or not _OUT_NORM.match(k)}
+    fresh = [k for k in expected if _OUT_NORM.match(k) and k not in weights]
+    for key in fresh:
+        weights[key] = (torch.ones_like if key.endswith(".weight") else torch.zeros_like)(expected[key])
+    load_into(model, weights)
+    if dropped:
+        logger.info("loading a backbone: dropped %d tensor(s) it has no place for (classifier, projector, "
+                    "norms of stages it does not output): %s", len(dropped), ", ".join(dropped))
+    if fresh:
+        logger.info("loading a backbone: the weights have no output norms; initialised %s as identity "
+                    "LayerNorms (ones and zeros)", ", ".join(sorted({k.rsplit(".", 1)[0] for k in fresh})))
