@@ -115,3 +115,45 @@ def test_saved_results_reprint_the_tables_of_the_readme_and_docs(capsys):
     for row in rows:
         assert row in docs
         assert row.rsplit(" | ", 1)[0] + " |" in readme
+
+
+FLORENCE = json.dumps({"embed_dims": [16, 32, 64, 128], "depths": [1, 1, 1, 1],
+                       "num_heads": [1, 2, 4, 8], "window_size": 12, "patch_kernels": [7, 3, 3, 3],
+                       "patch_strides": [4, 2, 2, 2], "patch_paddings": [3, 1, 1, 1],
+                       "pad_to_stride": False, "channel_attention": "florence2", "head": False})
+
+
+def test_florence2_tower_against_timm_and_transformers_on_the_same_weights(tmp_path, capsys):
+    pytest.importorskip("timm")
+    pytest.importorskip("transformers")
+    import torch
+
+    from davit.benchmark import reference_models
+    from davit.model import build_model
+    from davit.resolve import resolve_model
+
+    ref = resolve_model(FLORENCE)
+    ours = build_model(ref.arch, 0, projection_dim=0).eval()
+    options = BenchmarkOptions(model=FLORENCE, reference="all")
+    references = reference_models(ref, options, ours)
+    assert list(references) == ["timm", "transformers-eager", "transformers-sdpa"]
+    x = torch.randn(2, 3, 100, 77)
+    with torch.no_grad():
+        expected = ours(x)
+        for name, model in references.items():
+            torch.testing.assert_close(model.eval()(x), expected, atol=1e-4, rtol=1e-4, msg=name)
+    out = tmp_path / "bench.json"
+    fast = ["--model", FLORENCE, "--batch-size", "1", "--input-size", "64", "64", "--repeats", "1",
+            "--warmup", "0", "--device", "cpu"]
+    assert run_subcommand("benchmark", [*fast, "--reference", "all", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert list(report["speedups"]) == ["timm", "transformers-eager", "transformers-sdpa"]
+    assert report["config"]["num_classes"] == 0
+    assert "davit / transformers-sdpa:" in capsys.readouterr().out
+
+
+def test_transformers_reference_is_for_florence2_only(capsys):
+    assert run_subcommand("benchmark", [*FAST, "--reference", "transformers"]) == 1
+    assert "Florence-2" in capsys.readouterr().err
+    with pytest.raises(InvalidArgumentError):
+        BenchmarkOptions(reference="onnx")

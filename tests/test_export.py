@@ -1,4 +1,6 @@
-"""ONNX export, checked against the golden official logits through onnxruntime."""
+"""ONNX export, checked against the golden official logits through onnxruntime; Florence-2 towers
+and encode_image with dynamic batch and image size."""
+import dataclasses
 import sys
 
 import numpy as np
@@ -10,8 +12,8 @@ onnxruntime = pytest.importorskip("onnxruntime")
 from davit.checkpoint.formats import to_davit  # noqa: E402
 from davit.cli.app import run_subcommand  # noqa: E402
 from davit.errors import InvalidArgumentError, MissingDependencyError  # noqa: E402
-from davit.export import export_onnx  # noqa: E402
-from davit.model import DaViTClassifier  # noqa: E402
+from davit.export import export_onnx, read_onnx_card  # noqa: E402
+from davit.model import ARCHS, DaViTClassifier, Florence2Encoder  # noqa: E402
 
 
 def test_onnx_reproduces_golden_logits_with_dynamic_batch(golden, golden_arch, tmp_path):
@@ -69,3 +71,44 @@ def test_the_card_travels_in_the_onnx_file_and_the_cli_is_quiet(tmp_path, capsys
     captured = capsys.readouterr()
     assert captured.out == f"wrote {out}\n"
     assert "onnxscript" not in captured.err and len(captured.err.splitlines()) <= 3, captured.err
+
+
+SMALL_FLORENCE = dataclasses.replace(ARCHS["florence2-base"], embed_dims=(32, 64, 128, 256),
+                                     depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))
+
+
+@pytest.mark.parametrize("encode_image", [False, True])
+def test_florence2_tower_and_encode_image_with_dynamic_batch_and_size(tmp_path, encode_image):
+    torch.manual_seed(0)
+    model = Florence2Encoder(SMALL_FLORENCE, projection_dim=48).eval()
+    path = export_onnx(model, tmp_path / "fl.onnx", input_size=(96, 96), dynamic_size=True,
+                       encode_image=encode_image)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_outputs()[0].name == ("image_tokens" if encode_image else "features")
+    for batch, height, width in [(1, 96, 96), (3, 128, 160), (3, 96, 96), (1, 128, 160)]:
+        x = torch.randn(batch, 3, height, width)
+        (got,) = session.run(None, {"images": x.numpy()})
+        with torch.no_grad():
+            expected = model.encode_image(x) if encode_image else model(x)
+        assert got.shape == tuple(expected.shape)
+        assert np.abs(got - expected.numpy()).max() <= 1e-4 * expected.abs().max().item()
+    assert read_onnx_card(path).arch == SMALL_FLORENCE
+
+
+def test_encode_image_needs_a_projector(tmp_path):
+    with pytest.raises(InvalidArgumentError, match="projector"):
+        export_onnx(Florence2Encoder(SMALL_FLORENCE, projection_dim=0), tmp_path / "t.onnx",
+                    encode_image=True)
+    with pytest.raises(InvalidArgumentError, match="projector"):
+        export_onnx(DaViTClassifier("tiny", num_classes=2), tmp_path / "t.onnx", encode_image=True)
+
+
+def test_cli_exports_a_classifier_with_dynamic_size(tmp_path):
+    arch = '{"embed_dims": [16, 32, 64, 128], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8]}'
+    out = tmp_path / "cls.onnx"
+    assert run_subcommand("export", [arch, str(out), "--random-weights", "--num-classes", "3",
+                                     "--input-size", "64", "80", "--dynamic-size"]) == 0
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for shape in [(1, 3, 64, 80), (2, 3, 100, 45)]:
+        (logits,) = session.run(None, {"images": torch.randn(*shape).numpy()})
+        assert logits.shape == (shape[0], 3)

@@ -2,6 +2,7 @@
 from .api import get_model, inference_model
 from .checkpoint.card import ModelCard, Preprocessing
 from .checkpoint.pretrained import push_to_hub, save_pretrained
+from .engine.embed import embed_images
 from .kernels import fast_kernels, fast_kernels_enabled
 from .model import ARCHS, DaViT, DaViTArch, DaViTClassifier, Florence2Encoder
 from .resolve import ModelRef, resolve_model, resolve_weights
@@ -18,6 +19,7 @@ __all__ = [
            "ModelRef",
            "Preprocessing",
            "__version__",
+           "embed_images",
            "fast_kernels",
            "fast_kernels_enabled",
            "get_model",

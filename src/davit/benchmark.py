@@ -1,6 +1,10 @@
 """Time this library's DaViT and timm's side by side, in one process (``davit benchmark``).
 
-Both models get the same weights (ours converted to timm's keys) and the same inputs, and run
+A Florence-2 tower (``davit-florence2-base``) is timed as ``model(x)``, the last-stage map, against
+timm's ``davit_*_fl`` (``forward_features``) and, with ``reference="transformers"`` or ``"all"``,
+transformers' ``Florence2VisionBackbone`` with eager and with SDPA attention.
+
+All models get the same weights (ours converted to the reference's keys) and the same inputs, and run
 alternately after warm-up, so that drift of the machine (frequency, other processes) affects both
 alike. Reported per model: images/s (median, min, max over the repeats), peak memory of one step,
 the achieved GFLOP/s (at the median step) and its share of the "matmul ceiling": the GFLOP/s of
@@ -16,8 +20,8 @@ before it. On CPU, the highest running total of the bytes that PyTorch's CPU all
 during one step (from ``torch.profiler``'s memory events), minus what it freed; memory that MKL or
 oneDNN allocate on their own is not included.
 
-From Python: ``print(format_report(run(BenchmarkOptions(model="tiny", timm=False))))``. timm (the
-``benchmark`` extra) is imported only for the reference timing.
+From Python: ``print(format_report(run(BenchmarkOptions(model="tiny", timm=False))))``. timm and
+transformers (the ``benchmark`` extra) are imported only for the reference timings.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -39,11 +44,13 @@ from torch import Tensor, nn
 from .checkpoint.formats import from_davit
 from .errors import DeviceError, InvalidArgumentError, require
 from .flops import count_flops
-from .model import DaViTArch, DaViTClassifier
-from .resolve import resolve_device, resolve_model
+from .model import DaViTArch, build_model, is_florence2
+from .resolve import ModelRef, resolve_device, resolve_model
 
 DTYPES = ("fp32", "bf16", "pure-bf16")
 MODES = ("inference", "train")
+REFERENCES = ("timm", "transformers", "all")  # transformers: Florence-2 towers only
+TRANSFORMERS_ATTENTIONS = ("eager", "sdpa")
 CEILING_SIZE = 2048
 
 
@@ -84,13 +91,17 @@ class BenchmarkOptions:
     repeats: int = 10
     warmup: int = 2
     device: str | None = None  # None: cuda when available, else cpu
-    timm: bool = True  # also time timm's DaViT (needs timm)
+    timm: bool = True  # False: time this library's model alone (no reference)
+    reference: str = "timm"  # one of REFERENCES: timm's DaViT, transformers' Florence-2 tower, all
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise InvalidArgumentError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.mode not in MODES:
             raise InvalidArgumentError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.reference not in REFERENCES:
+            raise InvalidArgumentError(f"reference must be one of {REFERENCES}, got "
+                                       f"{self.reference!r}")
         counts = {"batch_size": self.batch_size, "repeats": self.repeats, "threads": self.threads,
                   **dict(zip(("height", "width"), self.input_size))}
         for name, value in counts.items():
@@ -109,13 +120,14 @@ def run(options: BenchmarkOptions) -> dict:
         raise DeviceError("this CPU has no bfloat16 matrix support; use --dtype fp32")
     ref = resolve_model(options.model)
     torch.manual_seed(0)
-    ours = DaViTClassifier(ref.arch, num_classes=ref.num_classes)
+    # a Florence-2 encoder is timed as its tower alone: model(x), the last-stage map
+    florence2 = is_florence2(ref.arch)
+    num_classes = 0 if florence2 else ref.num_classes
+    ours = build_model(ref.arch, num_classes, projection_dim=0 if florence2 else None)
     flops = count_flops(ours, options.input_size)
     flops_per_image = 2 * (flops["flops"] + flops["head_flops"])
     flops_per_step = flops_per_image * options.batch_size * (3 if options.mode == "train" else 1)
-    models: dict[str, nn.Module] = {"davit": ours}
-    if options.timm:
-        models["timm"] = timm_reference(ref.arch, ref.num_classes, ours.state_dict())
+    models: dict[str, nn.Module] = {"davit": ours, **reference_models(ref, options, ours)}
 
     steps = _steps(models, options, ref.num_classes, device)
     ceiling_dtype = torch.float32 if options.dtype == "fp32" else torch.bfloat16
@@ -126,20 +138,43 @@ def run(options: BenchmarkOptions) -> dict:
     timings = {name: Timing(name, seconds[name], options.batch_size, flops_per_step, ceiling,
                             peak_memory(step, device))
                for name, step in steps.items()}
-    config = {"model": options.model, "arch": ref.arch.to_dict(), "num_classes": ref.num_classes,
+    config = {"model": options.model, "arch": ref.arch.to_dict(), "num_classes": num_classes,
               "batch_size": options.batch_size, "input_size": list(options.input_size),
               "dtype": options.dtype, "mode": options.mode, "compile": options.compile,
               "threads": torch.get_num_threads(), "repeats": options.repeats,
               "warmup": options.warmup, "device": str(device), "torch": torch.__version__,
-              "timm": _timm_version()}
+              "timm": _version("timm"), "transformers": _version("transformers")}
     report = {"config": config, "flops_per_image": flops_per_image,
               "flops_per_step": flops_per_step, "ceiling_gflops": ceiling,
               "results": {name: asdict(t) for name, t in timings.items()}}
+    ours_ips = timings["davit"].images_per_second
+    report["speedups"] = {name: {"median": ours_ips["median"] / t.images_per_second["median"],
+                                 "best": ours_ips["max"] / t.images_per_second["max"]}
+                          for name, t in timings.items() if name != "davit"}
     if "timm" in timings:
-        ours_ips, timm_ips = timings["davit"].images_per_second, timings["timm"].images_per_second
-        report["speedup_vs_timm"] = ours_ips["median"] / timm_ips["median"]
-        report["speedup_vs_timm_best"] = ours_ips["max"] / timm_ips["max"]
+        report["speedup_vs_timm"] = report["speedups"]["timm"]["median"]
+        report["speedup_vs_timm_best"] = report["speedups"]["timm"]["best"]
     return report
+
+
+def reference_models(ref: ModelRef, options: BenchmarkOptions, ours: nn.Module) -> dict[str, nn.Module]:
+    """The reference models ``options`` asks for, with ``ours``'s weights."""
+    if not options.timm:
+        return {}
+    florence2 = is_florence2(ref.arch)
+    if options.reference != "timm" and not florence2:
+        raise InvalidArgumentError("transformers has DaViT only as Florence-2's vision tower; "
+                                   "time a Florence-2 model (davit-florence2-base) or use "
+                                   "--reference timm")
+    models: dict[str, nn.Module] = {}
+    if options.reference in ("timm", "all"):
+        models["timm"] = timm_reference(ref.arch, 0 if florence2 else ref.num_classes,
+                                        ours.state_dict())
+    if options.reference in ("transformers", "all"):
+        for attention in TRANSFORMERS_ATTENTIONS:
+            models[f"transformers-{attention}"] = transformers_reference(
+                ref.arch, ours.state_dict(), attention)
+    return models
 
 
 def _steps(models: dict[str, nn.Module], options: BenchmarkOptions, num_classes: int,
@@ -161,10 +196,48 @@ def timm_reference(arch: DaViTArch, num_classes: int, state_dict: dict[str, Tens
     require("timm", "benchmark", "timing timm's DaViT")
     from timm.models.davit import DaVit
 
+    florence2: dict[str, Any] = {"down_kernel_size": 3, "channel_attn_v2": True,
+                                 "named_blocks": True} if is_florence2(arch) else {}
     model = DaVit(depths=arch.depths, embed_dims=arch.embed_dims, num_heads=arch.num_heads,
-                  window_size=arch.window_size, mlp_ratio=arch.mlp_ratio, num_classes=num_classes)
+                  window_size=arch.window_size, mlp_ratio=arch.mlp_ratio, num_classes=num_classes,
+                  **florence2)
     model.load_state_dict(from_davit(state_dict, "timm"))
-    return model
+    return _LastStage(model) if florence2 else model
+
+
+def transformers_reference(arch: DaViTArch, state_dict: dict[str, Tensor],
+                           attention: str) -> nn.Module:
+    """transformers' ``Florence2VisionBackbone`` (attention ``eager`` or ``sdpa``) with
+    ``state_dict`` (a Florence-2 tower's, this library's keys) loaded."""
+    require("transformers", "benchmark", "timing transformers' Florence-2 tower")
+    from transformers.models.florence2 import modeling_florence2 as florence2
+
+    config = florence2.Florence2VisionConfig(
+        depths=arch.depths, embed_dim=arch.embed_dims, num_heads=arch.num_heads,
+        num_groups=arch.num_heads, window_size=arch.window_size, mlp_ratio=arch.mlp_ratio,
+        patch_size=arch.patch_kernels, patch_stride=arch.patch_strides,
+        patch_padding=arch.patch_paddings, patch_prenorm=arch.patch_norm_first, drop_path_rate=0.0)
+    config._attn_implementation = attention
+    model = florence2.Florence2VisionBackbone(config)
+    prefix = "model.vision_tower."
+    model.load_state_dict({key.removeprefix(prefix): value for key, value in
+                           from_davit(state_dict, "transformers").items()})
+    return _LastStage(model, transformers=True)
+
+
+class _LastStage(nn.Module):
+    """A reference model whose forward gives the last-stage map (B, C, H/32, W/32), as ours
+    does: timm's ``forward_features``, transformers' ``last_hidden_state``."""
+
+    def __init__(self, model: nn.Module, transformers: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.transformers = transformers
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.transformers:
+            return self.model(x).last_hidden_state
+        return cast(Tensor, cast(Any, self.model).forward_features(x))
 
 
 def make_step(model: nn.Module, images: Tensor, labels: Tensor, mode: str, autocast: bool,
@@ -186,7 +259,9 @@ def make_step(model: nn.Module, images: Tensor, labels: Tensor, mode: str, autoc
 
     def train_step() -> None:
         with amp():
-            loss = F.cross_entropy(forward(images).float(), labels)
+            out = forward(images).float()
+            # a feature map (Florence-2's tower) has no labels: its mean stands in for a loss
+            loss = F.cross_entropy(out, labels) if out.ndim == 2 else out.mean()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -289,11 +364,12 @@ def format_report(report: dict) -> str:
         lines.append(f"| {name} | {ips['median']:.2f} | {ips['min']:.2f} - {ips['max']:.2f} | "
                      f"{memory / 2 ** 20:.1f} MiB | {r['gflops']:.1f} | "
                      f"{100 * r['share_of_ceiling']:.0f}% |")
-    if "speedup_vs_timm" in report:
-        lines += ["", f"davit / timm: {report['speedup_vs_timm']:.2f}x (median images/s), "
-                      f"{report['speedup_vs_timm_best']:.2f}x (best step)"]
-    else:
-        lines += ["", "--no-timm: no reference timing"]
+    lines.append("")
+    for name, ratio in report.get("speedups", {}).items():
+        lines.append(f"davit / {name}: {ratio['median']:.2f}x (median images/s), "
+                     f"{ratio['best']:.2f}x (best step)")
+    if not report.get("speedups"):
+        lines.append("--no-timm: no reference timing")
     return "\n".join(lines)
 
 
@@ -306,9 +382,9 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timm_version() -> str | None:
-    """The installed timm's version, read without importing it."""
+def _version(package: str) -> str | None:
+    """The installed version of ``package``, read without importing it."""
     try:
-        return importlib.metadata.version("timm")
+        return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return None

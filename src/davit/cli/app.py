@@ -25,6 +25,7 @@ SUBCOMMANDS = {
     "test": "test",
     "train": "train",
     "benchmark": "benchmark",
+    "embed": "embed",
 }
 
 

@@ -13,7 +13,8 @@ import sys
 from tqdm import tqdm
 
 from ..engine import distributed
-from ..engine.infer import DEFAULT_MODEL, DTYPES, InferenceInterrupted, InferenceOptions, infer
+from ..engine.infer import DEFAULT_MODEL, InferenceInterrupted, InferenceOptions, infer
+from ..engine.predict import DTYPES
 from ..errors import InvalidArgumentError
 from .app import print_error
 from .argtypes import add_checkpoint, add_device, add_semantics, non_negative_int, positive_int

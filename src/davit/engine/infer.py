@@ -31,11 +31,10 @@ from ..data.datasets import IMAGE_EXTENSIONS, Batch, LabelledImageDataset, image
 from ..errors import DavitError, InvalidArgumentError
 from ..resolve import resolve_device
 from . import distributed
-from .predict import AMP_DTYPES, class_probabilities, sharded_loader
+from .predict import DTYPES, autocast_dtype, class_probabilities, sharded_loader
 from .results import ResultSink, check_format, open_results
 
 DEFAULT_MODEL = "davit-tiny_3rdparty_in1k"
-DTYPES = ("fp32", *AMP_DTYPES)
 PROGRESS_MIN = 9  # fewer images than this get no progress bar
 _NO_LABEL = -1  # the dataset's label of every input; predict has no ground truth
 _PATTERN_CHARS = frozenset("*?[")
@@ -89,7 +88,7 @@ def infer(options: InferenceOptions, sink: ResultSink | None = None) -> Inferenc
     _check(options)
     paths = expand_inputs(options.inputs)
     device = _device(options.device)
-    amp = _amp(options.dtype, device)
+    amp = autocast_dtype(options.dtype, device)
     distributed.init_distributed(device)
     output, done = _open_output(options, sink)
     pending = [path for path in paths if str(path) not in done]
@@ -169,13 +168,6 @@ def _device(requested: str | None) -> torch.device:
         return distributed.select_device(requested)
     return resolve_device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
 
-
-def _amp(dtype: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype ``--dtype`` asks for (None for fp32)."""
-    if dtype == "fp16" and device.type != "cuda":
-        raise InvalidArgumentError(f"--dtype fp16 needs a CUDA device; on {device.type} use bf16 "
-                                   "or fp32")
-    return AMP_DTYPES.get(dtype)
 
 
 def _open_output(options: InferenceOptions,

@@ -1,0 +1,56 @@
+"""``davit embed``: write image embeddings and their paths to a file (:mod:`davit.engine.embed`)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..engine.embed import DEFAULT_MODEL, EmbedOptions, embed_files
+from ..engine.predict import DTYPES
+from .app import print_error
+from .argtypes import add_checkpoint, non_negative_int, positive_int
+
+DESCRIPTION = """Embed images: one vector per image (the pooled image token of a Florence-2
+encoder; for a classifier, the pooled and normalised features before its head, i.e.
+extract_feat(x, stage="pre_logits")), or with --tokens every image token of a Florence-2 projector.
+The output records the image paths in input order: .npy writes them to NAME.paths.txt beside it,
+.npz holds arrays 'embeddings' and 'paths', .safetensors holds tensor 'embeddings' and metadata
+'paths' (JSON). Unreadable images are reported and left out (exit status 1)."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("embed", help="write image embeddings to .npy/.npz/.safetensors",
+                                   description=DESCRIPTION)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files, folders (searched recursively) or quoted patterns "
+                             "such as 'photos/**/*.jpg'")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="zoo name, checkpoint, folder or hf-hub: name (default: "
+                             f"{DEFAULT_MODEL})")
+    add_checkpoint(parser)
+    parser.add_argument("--out", required=True, metavar="FILE",
+                        help="output .npy (paths in FILE.paths.txt), .npz or .safetensors")
+    parser.add_argument("--tokens", action="store_true",
+                        help="every image token, (N, T, D), instead of one pooled vector, (N, D) "
+                             "(Florence-2 models with a projector)")
+    parser.add_argument("--batch-size", type=positive_int, default=16,
+                        help="images per batch (default: 16)")
+    parser.add_argument("--num-workers", type=non_negative_int, default=2,
+                        help="image decoding processes; 0 decodes in the main one (default: 2)")
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32",
+                        help="fp32, or autocast in bf16 or fp16 (fp16 needs CUDA) (default: fp32)")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    options = EmbedOptions(inputs=tuple(args.inputs), out=args.out, model=args.model,
+                           checkpoint=args.checkpoint, tokens=args.tokens,
+                           batch_size=args.batch_size, num_workers=args.num_workers,
+                           dtype=args.dtype, device=args.device)
+    result = embed_files(options)
+    for message in result.failures:
+        print_error(args.prog, message)
+    print(f"{args.prog}: {len(result.sources)} embedding(s) of shape {result.array.shape[1:]} "
+          f"written to {args.out}", file=sys.stderr)
+    return 1 if result.failures else 0
