@@ -115,3 +115,20 @@ def test_every_option_of_the_tools_has_help():
         spec.loader.exec_module(module)
         if hasattr(module, "build_parser"):
             assert _actions_without_help(module.build_parser(), path.name) == []
+
+
+def test_a_closed_pipe_is_not_reported_as_an_error():
+    import subprocess
+    import sys
+
+    flood = ("import argparse, sys\n"
+             "from davit.cli import app\n"
+             "def run(args):\n"
+             "    for _ in range(100000):\n"
+             "        print('x' * 100)\n"
+             "    return 0\n"
+             "sys.exit(app.execute(argparse.Namespace(run=run, verbose=False), 'davit list'))\n")
+    done = subprocess.run(["bash", "-c", f'"{sys.executable}" -c "$0" | head -1; echo "${{PIPESTATUS[0]}}" >&2',
+                           flood], capture_output=True, text=True, timeout=120)
+    assert done.stdout == "x" * 100 + "\n"
+    assert done.stderr.strip() == "141"  # no message, no traceback
