@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from davit.model import ARCHS, DaViT
 from davit.model.blocks import ChannelAttention, PatchEmbed
+from tests.helpers import randomise_
 
 SMALL_FLORENCE2 = {**ARCHS["florence2-base"].to_dict(), "embed_dims": [8, 16, 32, 64],
                    "depths": [1, 1, 2, 1], "num_heads": [1, 2, 4, 8], "window_size": 4}
@@ -79,13 +80,7 @@ def _florence2_reference(arch: dict) -> torch.nn.Module:
     config._attn_implementation = "eager"
     torch.manual_seed(0)
     model = modeling.Florence2VisionBackbone(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            else:
-                p.copy_(0.05 * torch.randn_like(p))
-    return model
+    return randomise_(model)
 
 
 def _davit_keys(state: dict) -> dict:

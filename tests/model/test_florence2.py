@@ -9,6 +9,7 @@ from davit import Florence2Encoder, get_model, list_models
 from davit.checkpoint.card import FLORENCE2_PREPROCESSING
 from davit.errors import InvalidArgumentError
 from davit.model import ARCHS, build_model
+from tests.helpers import randomise_
 from tests.model.test_blocks import SMALL_FLORENCE2, _davit_keys
 
 SMALL_PROJECTION = 24
@@ -30,15 +31,7 @@ def _reference(arch: dict, projection_dim: int) -> torch.nn.Module:
     config._attn_implementation = "eager"
     torch.manual_seed(0)
     model = modeling.Florence2Model(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.startswith("language_model."):
-                continue
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            else:
-                p.copy_(0.05 * torch.randn_like(p))
-    return model
+    return randomise_(model, skip_prefix="language_model.")
 
 
 def _ours(state: dict) -> dict:

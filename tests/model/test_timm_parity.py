@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from tests.helpers import randomise_
+
 timm = pytest.importorskip("timm")
 
 from davit.checkpoint.formats import convert_state_dict, detect_format, to_davit  # noqa: E402
@@ -11,13 +13,7 @@ from davit.model import DaViTClassifier  # noqa: E402
 def _randomised_timm(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False).eval()
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if "norm" in pname and pname.endswith("weight"):
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            else:
-                p.copy_(0.05 * torch.randn_like(p))
-    return model
+    return randomise_(model)
 
 
 @pytest.fixture(scope="module", params=["tiny", "small", "base"])
