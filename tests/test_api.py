@@ -254,3 +254,20 @@ def test_cli_errors_do_not_speak_python(capsys, tmp_path):
     assert run_subcommand("export", [custom, str(tmp_path / "m.onnx")]) == 1
     err = capsys.readouterr().err
     assert "no published weights" in err and "pretrained=" not in err
+
+
+def test_a_checkpoint_without_card_named_as_the_model_is_read_once(tmp_path, tiny_weights, monkeypatch):
+    """Guessing the card of a cardless file reads its tensors; loading reuses them."""
+    import davit.resolve as resolve
+
+    path = tmp_path / "published-tiny.pth"
+    torch.save({"state_dict": from_davit(tiny_weights, "mmpretrain")}, path)
+    reads = []
+    original = resolve.load_state_dict_file
+    monkeypatch.setattr(resolve, "load_state_dict_file", lambda p: reads.append(p) or original(p))
+    from davit.checkpoint import load as load_module
+    monkeypatch.setattr(load_module, "read_checkpoint_file",
+                        lambda p: pytest.fail(f"{p} was read a second time"))
+    model = get_model(str(path))
+    assert reads == [path]
+    assert torch.equal(model.head.fc.weight, tiny_weights["head.fc.weight"])

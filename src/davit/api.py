@@ -52,7 +52,12 @@ def get_model(model: ModelSource, pretrained: bool | str | Path | None = None,
     target = resolve_device(device) if device is not None else None  # fail before any download
     ref = resolve_model(model, progress=progress)
     source = pretrained_source(ref, model, pretrained)
-    state_dict, file_card = load_checkpoint(source, progress) if source is not None else (None, None)
+    if source is not None and source == ref.weights and ref.state_dict is not None:
+        state_dict, file_card = ref.state_dict, None  # read while resolving: a file without a card
+    elif source is not None:
+        state_dict, file_card = load_checkpoint(source, progress)
+    else:
+        state_dict, file_card = None, None
     card = _card(ref, file_card, state_dict, num_classes, semantics)
     net = build_model(card.arch, card.num_classes, card.semantics, _projection_dim(card, state_dict),
                       **{**ref.backbone_options, **backbone_options})

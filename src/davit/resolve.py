@@ -48,6 +48,9 @@ class ModelRef:
     backbone_options: dict[str, Any] = field(default_factory=dict)
     # Named by its weights (a checkpoint file, URL, folder or hf-hub: name), not by a name or config.
     is_weights: bool = False
+    # The weights' tensors (this library's keys) when guessing the card meant reading them all, so
+    # that loading does not read (and report on) the file a second time.
+    state_dict: dict[str, torch.Tensor] | None = field(default=None, compare=False, repr=False)
 
 
 def resolve_model(model: str | Path | dict[str, Any] | DaViTArch, progress: bool = True) -> ModelRef:
@@ -112,16 +115,19 @@ def _checked_arch(spec: Any) -> DaViTArch:
 def _described(source: str, card: ModelCard | None, progress: bool) -> ModelRef:
     """The ref of a weights source: its card (``card``, else the one in the weights' metadata,
     else one guessed from the tensors' shapes)."""
+    state_dict = None
     if card is None:
         path = fetch_weights(source, progress=progress)
-        card = card_from_metadata(read_raw_metadata(path), str(path)) or _guessed_card(path)
-    return ModelRef(card.architecture, card.num_classes, source, card, is_weights=True)
+        card = card_from_metadata(read_raw_metadata(path), str(path))
+        if card is None:
+            state_dict = to_davit(load_state_dict_file(path))
+            card = _guessed_card(path, state_dict)
+    return ModelRef(card.architecture, card.num_classes, source, card, is_weights=True, state_dict=state_dict)
 
 
-def _guessed_card(path: Path) -> ModelCard:
+def _guessed_card(path: Path, state_dict: dict[str, torch.Tensor]) -> ModelCard:
     """The default card of weights without one (published checkpoints, older versions' files),
     for the standard architecture their tensors have."""
-    state_dict = to_davit(load_state_dict_file(path))
     card = guessed_card(state_dict)
     if card is None:
         raise CheckpointError(
