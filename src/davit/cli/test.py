@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="run the model under autocast in this precision (bare --amp: fp16)")
     parser.add_argument("--semantics", choices=SEMANTICS,
                         help="override the config's model.semantics")
-    parser.add_argument("--show-dir", help="save a confusion-matrix PNG in this folder")
+    parser.add_argument("--show-dir", help="save each image with its top-k classes, scores and true class "
+                                           "drawn, and a confusion-matrix PNG, in this folder")
     parser.add_argument("--confusion-matrix", action="store_true",
                         help="save a confusion-matrix PNG in the work dir")
     parser.add_argument("--strict", action="store_true",

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from ..checkpoint.load import load_checkpoint, load_into
 from ..config import dump_config, load_config
@@ -26,6 +27,7 @@ from ..data import imagenet_classes
 from ..data.datasets import LabelledImageDataset
 from ..errors import InvalidArgumentError
 from ..resolve import resolve_weights
+from ..vis.drawing import ClassScore, PredictionPictures
 from . import distributed
 from .predict import AMP_DTYPES, accuracy, check_readable, gather_records, predict, report_k, sharded_loader
 from .reports import save_confusion_matrix, write_per_class_csv
@@ -165,6 +167,9 @@ def _report(run: _Evaluation, options: EvaluationOptions) -> None:
     for folder in plots:
         save_confusion_matrix(records, class_names, model_names, folder / "confusion_matrix.png")
         saved.append(folder / "confusion_matrix.png")
+    if options.show_dir:
+        drawn = _draw_predictions(records, model_names, class_names, Path(options.show_dir))
+        print(f"drew the predictions of {drawn} images in {options.show_dir}", file=sys.stderr)
     if options.out:
         out = Path(options.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -172,6 +177,20 @@ def _report(run: _Evaluation, options: EvaluationOptions) -> None:
         out.write_text(json.dumps(payload, indent=1), encoding="utf-8")
         saved.append(out)
     print("saved " + ", ".join(str(p) for p in saved), file=sys.stderr)
+
+
+def _draw_predictions(records: list[dict], model_names: list[str] | None, class_names: list[str] | None,
+                      folder: Path) -> int:
+    """Save each readable image with its top-k classes and its true class drawn (mmpretrain's
+    ``show_dir``); returns how many."""
+    pictures = PredictionPictures(folder)
+    done = [r for r in records if "error" not in r]
+    for record in tqdm(done, unit="img", desc="show-dir", file=sys.stderr, dynamic_ncols=True):
+        topk = [ClassScore(label, score, model_names[label] if model_names else None)
+                for label, score in zip(record["topk_labels"], record["topk_scores"])]
+        truth, names = record["gt_label"], class_names or model_names
+        pictures.save(record["path"], topk, (truth, names[truth] if names else None))
+    return len(done)
 
 
 def _model_class_names(dataset_classes: list[str] | None, num_classes: int) -> list[str] | None:
