@@ -28,7 +28,7 @@ SIZE = 128
 THRESHOLD = 64  # of 255: a scan's pixel brighter than this belongs to the digit's mask
 
 
-def _digit(scan: np.ndarray, side: int) -> np.ndarray:
+def digit_pixels(scan: np.ndarray, side: int) -> np.ndarray:
     """An 8x8 scan (0-16) as ``side`` x ``side`` uint8 pixels."""
     pixels = Image.fromarray((scan * (255 / 16)).round().astype(np.uint8))
     return np.asarray(pixels.resize((side, side), Image.Resampling.BICUBIC))
@@ -58,7 +58,7 @@ def _scene(rng: np.random.Generator, scans: np.ndarray, labels: np.ndarray, pool
             continue
         x, y = corner
         taken.append((x, y, side))
-        pixels = _digit(scans[index], side)
+        pixels = digit_pixels(scans[index], side)
         canvas[y:y + side, x:x + side] = pixels
         mask = np.zeros((size, size), np.uint8)
         mask[y:y + side, x:x + side] = pixels > THRESHOLD
@@ -85,31 +85,41 @@ def write_split(root: Path, count: int, pool: np.ndarray, seed: int, size: int =
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "semantic").mkdir(exist_ok=True)
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for image_id in range(1, count + 1):
         canvas, semantic, instances = _scene(rng, digits.images, digits.target, pool, size)
         name = f"{image_id:06d}.png"
         Image.fromarray(np.stack([canvas] * 3, -1)).save(root / "images" / name)
         Image.fromarray(semantic).save(root / "semantic" / name)
         images.append({"id": image_id, "file_name": name, "width": size, "height": size})
-        annotations += [_annotation(len(annotations) + 1, image_id, digit, mask) for digit, mask in instances]
+        for digit, mask in instances:
+            annotations.append(_annotation(len(annotations) + 1, image_id, digit, mask))
     categories = [{"id": d + 1, "name": str(d)} for d in range(10)]
     (root / "annotations.json").write_text(json.dumps(
         {"images": images, "annotations": annotations, "categories": categories}))
     return len(annotations)
 
 
+def scan_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The indices of the scans the train scenes draw from (80%) and of those the val scenes
+    draw from (20%), for ``seed``: anything else trained on the digits (a backbone's
+    pre-training) must keep to the first to leave the val scenes unseen."""
+    scans = np.random.default_rng(seed).permutation(1797)
+    cut = int(len(scans) * 0.8)
+    return scans[:cut], scans[cut:]
+
+
 def write_digit_scenes(out: str | Path, train: int = 400, val: int = 100, seed: int = 0,
                        size: int = SIZE) -> dict[str, int]:
     """Write the train and val splits under ``out``; returns each split's instance count."""
-    scans = np.random.default_rng(seed).permutation(1797)
-    cut = int(len(scans) * 0.8)
+    train_pool, val_pool = scan_split(seed)
     out = Path(out)
-    return {"train": write_split(out / "train", train, scans[:cut], seed + 1, size),
-            "val": write_split(out / "val", val, scans[cut:], seed + 2, size)}
+    return {"train": write_split(out / "train", train, train_pool, seed + 1, size),
+            "val": write_split(out / "val", val, val_pool, seed + 2, size)}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tools/prepare_digit_scenes.py",
                                      description="Write digit scenes as a COCO detection set.")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
@@ -117,7 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--val", type=int, default=100, help="validation scenes (default 100)")
     parser.add_argument("--size", type=int, default=SIZE, help=f"canvas side in pixels (default {SIZE})")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     counts = write_digit_scenes(args.out, args.train, args.val, args.seed, args.size)
     print(f"wrote {args.train} train scenes ({counts['train']} digits) and {args.val} val scenes "
           f"({counts['val']} digits) under {args.out}")

@@ -21,7 +21,7 @@ from davit.dense.train import DetectionOptions, train_detection
 from davit.errors import DavitError
 
 
-def parse_options(argv: Sequence[str] | None = None) -> DetectionOptions:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tools/train_detection.py", description=__doc__.split("\n\n")[0])
     for name in ("train_images", "train_annotations", "val_images", "val_annotations"):
         parser.add_argument(name, type=Path)
@@ -34,14 +34,25 @@ def parse_options(argv: Sequence[str] | None = None) -> DetectionOptions:
     parser.add_argument("--image-size", type=int, default=128, help="the detector's min and max size")
     parser.add_argument("--mask-head", type=int, nargs="+", default=[256] * 4,
                         help="widths of the mask head's convolutions")
+    parser.add_argument("--fpn-channels", type=int, default=256, help="the FPN's width")
+    parser.add_argument("--anchor-sizes", type=int, nargs=5, default=None, metavar="SIZE",
+                        help="one anchor size per FPN level P2-P6 (default torchvision's 32 64 128 256 512)")
+    parser.add_argument("--backbone-weights", default=None,
+                        help="a checkpoint to start the backbone from (a classifier's, say; default random)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_options(argv: Sequence[str] | None = None) -> DetectionOptions:
+    args = build_parser().parse_args(argv)
     arch = json.loads(args.arch) if args.arch.lstrip().startswith("{") else args.arch
     return DetectionOptions(args.train_images, args.train_annotations, args.val_images, args.val_annotations,
                             args.work_dir, arch=arch, detector=args.detector, epochs=args.epochs,
                             batch_size=args.batch_size, lr=args.lr, image_size=args.image_size,
-                            mask_head=tuple(args.mask_head), seed=args.seed, progress=not args.no_progress)
+                            mask_head=tuple(args.mask_head), fpn_channels=args.fpn_channels,
+                            anchor_sizes=tuple(args.anchor_sizes) if args.anchor_sizes else None,
+                            backbone_weights=args.backbone_weights, seed=args.seed, progress=not args.no_progress)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -69,6 +69,23 @@ def test_retinanet_uses_the_last_three_stages():
     assert fpn.extra_blocks.p6.in_channels == 768  # P6 from C5, mmdet's "on_input"
 
 
+def test_narrow_fpn_and_mask_head_are_built_in():
+    model = maskrcnn(MINI, 5, fpn_channels=32, mask_head_channels=(16, 8), **SIZE)
+    assert model.backbone.out_channels == 32
+    assert [block[0].out_channels for block in model.backbone.fpn.layer_blocks] == [32] * 4
+    assert [layer[0].out_channels for layer in model.roi_heads.mask_head] == [16, 8]
+    assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 5
+    assert model.roi_heads.box_predictor.cls_score.out_features == 5
+    assert model.rpn.head.conv[0][0].in_channels == 32
+    images, targets = _batch()
+    model.train()
+    assert set(model(images, targets)) >= {"loss_mask", "loss_classifier"}
+    with pytest.raises(InvalidArgumentError, match="mask_head_channels"):
+        maskrcnn(MINI, 5, mask_head_channels=(), **SIZE)
+    with pytest.raises(InvalidArgumentError, match="your own heads"):
+        maskrcnn(MINI, 5, mask_head_channels=(8,), box_predictor=torch.nn.Identity(), **SIZE)
+
+
 def test_out_indices_are_the_builders():
     with pytest.raises(InvalidArgumentError, match="out_indices"):
         maskrcnn(MINI, 3, out_indices=(3,))

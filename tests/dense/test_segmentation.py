@@ -105,6 +105,25 @@ def test_segmentation_model_takes_any_weights_and_options(tmp_path, timm_weights
         davit.dense.segmentation_model("fpn", "resnet34")
 
 
+def test_a_registered_custom_encoder_builds_and_takes_a_checkpoint(tmp_path):
+    arch = {"embed_dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8], "window_size": 4}
+    assert davit.dense.register_encoder("davit-test-mini", arch) == "davit-test-mini"
+    model = smp.UPerNet(encoder_name="davit-test-mini", encoder_weights=None, classes=3, decoder_channels=16)
+    assert model.encoder.out_channels == [3, 0, 8, 16, 32, 64]
+    torch.manual_seed(2)
+    classifier = DaViTClassifier(arch, num_classes=10)
+    path = tmp_path / "mini.pth"
+    torch.save(classifier.state_dict(), path)
+    model = davit.dense.segmentation_model("upernet", "davit-test-mini", classes=3, backbone_weights=path,
+                                           decoder_channels=16)
+    assert torch.equal(model.encoder.backbone.stem.conv.weight, classifier.backbone.stem.conv.weight)
+    assert model(torch.rand(2, 3, 64, 64)).shape == (2, 3, 64, 64)
+    with pytest.raises(InvalidArgumentError, match="no published weights"):
+        davit.dense.segmentation_model("upernet", "davit-test-mini", backbone_weights=True)
+    with pytest.raises(InvalidArgumentError, match="built-in"):
+        davit.dense.register_encoder("davit-tiny", arch)
+
+
 def test_without_smp_detection_imports_and_segmentation_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "segmentation_models_pytorch", None)
     with pytest.raises(MissingDependencyError, match=r"pip install 'davit-toolkit\[dense\]'"):

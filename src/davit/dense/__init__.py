@@ -8,7 +8,7 @@ from contextlib import suppress
 from ..errors import MissingDependencyError
 from .backbone import DenseBackbone, backbone
 from .detection import DaViTFPN, fasterrcnn, maskrcnn, retinanet
-from .segmentation import ENCODERS, DaViTEncoder, register_encoders, segmentation_model
+from .segmentation import ENCODERS, DaViTEncoder, register_encoder, register_encoders, segmentation_model
 
 with suppress(MissingDependencyError):
     register_encoders()
@@ -21,6 +21,7 @@ __all__ = [
     "backbone",
     "fasterrcnn",
     "maskrcnn",
+    "register_encoder",
     "register_encoders",
     "retinanet",
     "segmentation_model",

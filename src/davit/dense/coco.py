@@ -79,6 +79,12 @@ class CocoDetection(Dataset[tuple[Tensor, Target]]):
         if not isinstance(data, dict) or not all(k in data for k in ("images", "annotations", "categories")):
             raise DatasetError(f"{path} is not a COCO instances file: it needs 'images', "
                                "'annotations' and 'categories'")
+        # pycocotools indexes annotations by id: a repeated id silently replaces the ground truth
+        ids = Counter(ann.get("id") for ann in data["annotations"])
+        repeated = [ann_id for ann_id, count in ids.items() if count > 1]
+        if repeated:
+            raise DatasetError(f"{path}: {len(repeated)} annotation id(s) used more than once (first: "
+                               f"{repeated[0]}); pycocotools needs unique ids, renumber the annotations")
         return data
 
     def _clean(self, data: dict[str, Any]) -> dict[str, Any]:

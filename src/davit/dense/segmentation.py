@@ -6,8 +6,10 @@ requested ``encoder_weights`` entry's ``model.safetensors`` from the Hugging Fac
 to the encoder's ``load_state_dict``. :func:`register_encoders` (run when :mod:`davit.dense` is
 imported and smp is installed) adds ``davit-tiny``, ``davit-small``, ``davit-base``,
 ``davit-florence2-base`` and ``davit-florence2-large``, whose weights are the zoo's Hugging Face
-checkpoints read through this library's format conversion. :func:`segmentation_model` builds the
-same models with any weights the dense backbone takes (the zoo's, a file) and backbone options.
+checkpoints read through this library's format conversion; :func:`register_encoder` adds an
+encoder of any other architecture (a small one for small data, say). :func:`segmentation_model`
+builds the same models with any weights the dense backbone takes (the zoo's, a file) and backbone
+options.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ ENCODERS: dict[str, tuple[str, str, str]] = {
     "davit-florence2-base": ("florence2-base", "davit-florence2-base", "florence2"),
     "davit-florence2-large": ("florence2-large", "davit-florence2-large", "florence2"),
 }
+_CUSTOM: dict[str, ModelSource] = {}  # encoders added by register_encoder: name -> architecture
 _FEATURE = "DaViT segmentation models"
 
 
@@ -101,6 +104,20 @@ def register_encoders() -> list[str]:
     return list(ENCODERS)
 
 
+def register_encoder(name: str, arch: ModelSource) -> str:
+    """Add an smp encoder ``name`` of the architecture ``arch`` (a name, a dict of
+    :class:`~davit.model.DaViTArch` fields), without published weights: smp builds it randomly,
+    :func:`segmentation_model` with weights from a checkpoint. Returns ``name``."""
+    require("segmentation_models_pytorch", "dense", _FEATURE)
+    from segmentation_models_pytorch.encoders import encoders
+
+    if name in ENCODERS:
+        raise InvalidArgumentError(f"{name!r} is one of the built-in DaViT encoders; choose another name")
+    encoders[name] = {"encoder": DaViTEncoder, "params": {"arch": arch}, "pretrained_settings": {}}
+    _CUSTOM[name] = arch
+    return name
+
+
 def segmentation_model(decoder: str, encoder_name: str, classes: int = 1,
                        backbone_weights: BackboneWeights = None, **options: Any) -> nn.Module:
     """An smp model (``decoder``: ``"upernet"``, ``"fpn"``, ``"unet"`` ... as
@@ -114,15 +131,20 @@ def segmentation_model(decoder: str, encoder_name: str, classes: int = 1,
     require("segmentation_models_pytorch", "dense", _FEATURE)
     import segmentation_models_pytorch as smp
 
-    if encoder_name not in ENCODERS:
-        raise InvalidArgumentError(f"unknown DaViT encoder {encoder_name!r}; choose one of {list(ENCODERS)}")
+    if encoder_name not in ENCODERS and encoder_name not in _CUSTOM:
+        raise InvalidArgumentError(f"unknown DaViT encoder {encoder_name!r}; choose one of "
+                                   f"{[*ENCODERS, *_CUSTOM]} or add it with register_encoder")
+    if encoder_name in _CUSTOM and backbone_weights is True:
+        raise InvalidArgumentError(f"the encoder {encoder_name!r} has no published weights; pass a checkpoint "
+                                   "as backbone_weights")
     register_encoders()
     body_options = {key: value for key, value in options.items() if key in BACKBONE_OPTIONS}
     smp_options = {key: value for key, value in options.items() if key not in BACKBONE_OPTIONS}
     model = smp.create_model(decoder, encoder_name=encoder_name, encoder_weights=None, classes=classes,
                              **smp_options)
     if backbone_weights or body_options:  # rebuild the encoder: smp passes neither to it
-        arch, zoo_name, _ = ENCODERS[encoder_name]
+        # the built-in encoders' weights are their zoo entries'; custom ones have none (checked above)
+        arch, zoo_name = ENCODERS[encoder_name][:2] if encoder_name in ENCODERS else (_CUSTOM[encoder_name], "")
         built = cast(DaViTEncoder, model.encoder)
         encoder = DaViTEncoder(zoo_name if backbone_weights is True else arch, built._depth,
                                pretrained=backbone_weights, **body_options)

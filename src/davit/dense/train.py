@@ -16,12 +16,12 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid
 
 from ..errors import InvalidArgumentError, TrainError
 from .coco import CocoDetection, coco_map, collate, to_results
-from .detection import FPN_CHANNELS, fasterrcnn, maskrcnn
+from .detection import FPN_CHANNELS, BackboneWeights, fasterrcnn, maskrcnn
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,10 @@ class DetectionOptions:
     :class:`~davit.model.DaViTArch` fields); ``image_size`` is the detector's ``min_size`` and
     ``max_size``; ``lr`` AdamW's peak rate, reached after ``warmup`` steps and cosine-annealed.
     ``mask_head`` is the widths of the mask head's 3x3 convolutions (torchvision's: four of 256;
-    narrower ones train several times faster on a CPU); ``detector_options`` go to torchvision.
+    narrower ones train several times faster on a CPU), ``fpn_channels`` the FPN's width.
+    ``anchor_sizes`` is one anchor size per FPN level (P2-P6; torchvision's 32-512 suit COCO, not
+    small objects), each with aspect ratios 0.5, 1 and 2. ``backbone_weights`` starts the backbone
+    (a classification checkpoint, say; None: random). ``detector_options`` go to torchvision.
     """
 
     train_images: Path
@@ -54,6 +57,9 @@ class DetectionOptions:
     progress: bool = True
     max_steps: int | None = None  # stop each epoch after this many steps (quick checks)
     mask_head: tuple[int, ...] = (256, 256, 256, 256)
+    fpn_channels: int = FPN_CHANNELS
+    anchor_sizes: tuple[int, ...] | None = None
+    backbone_weights: BackboneWeights = None
     detector_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -61,19 +67,25 @@ class DetectionOptions:
             raise InvalidArgumentError(f"detector must be 'maskrcnn' or 'fasterrcnn', not {self.detector!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise InvalidArgumentError("epochs and batch_size must be at least 1")
+        if self.anchor_sizes is not None and len(self.anchor_sizes) != 5:
+            raise InvalidArgumentError(f"anchor_sizes needs one size per FPN level P2-P6 (5), "
+                                       f"got {list(self.anchor_sizes)}")
 
 
 def build_detector(options: DetectionOptions, num_classes: int) -> nn.Module:
-    """The options' detector, randomly initialised, for ``num_classes`` (background included)."""
-    size = {"min_size": options.image_size, "max_size": options.image_size, **options.detector_options}
+    """The options' detector for ``num_classes`` (background included); its backbone starts from
+    ``backbone_weights``, the rest randomly."""
+    settings: dict[str, Any] = {"min_size": options.image_size, "max_size": options.image_size,
+                                "fpn_channels": options.fpn_channels}
+    if options.anchor_sizes is not None:
+        settings["rpn_anchor_generator"] = AnchorGenerator(tuple((size,) for size in options.anchor_sizes),
+                                                           ((0.5, 1.0, 2.0),) * len(options.anchor_sizes))
+    settings.update(options.detector_options)
+    weights = options.backbone_weights or False
     if options.detector == "fasterrcnn":
-        return fasterrcnn(options.arch, num_classes, backbone_weights=False, **size)
-    model = maskrcnn(options.arch, num_classes, backbone_weights=False, **size)
-    # torchvision takes a custom mask predictor only without num_classes: swap the heads after
-    model.roi_heads.mask_head = MaskRCNNHeads(FPN_CHANNELS, list(options.mask_head), 1)
-    model.roi_heads.mask_predictor = MaskRCNNPredictor(options.mask_head[-1], options.mask_head[-1],
-                                                       num_classes)
-    return model
+        return fasterrcnn(options.arch, num_classes, backbone_weights=weights, **settings)
+    return maskrcnn(options.arch, num_classes, backbone_weights=weights, mask_head_channels=options.mask_head,
+                    **settings)
 
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -118,9 +130,10 @@ def evaluate(model: nn.Module, dataset: CocoDetection, batch_size: int = 4) -> d
 
 @torch.no_grad()
 def draw_predictions(model: nn.Module, dataset: CocoDetection, path: Path, count: int = 4,
-                     score: float = 0.5) -> Path:
+                     score: float = 0.5, min_side: int = 256) -> Path:
     """Save ``count`` of ``dataset``'s images with the boxes (and masks) ``model`` predicts above
-    ``score`` as one PNG at ``path``; labels are the category names."""
+    ``score`` as one PNG at ``path``; labels are the category names. Images smaller than
+    ``min_side`` are enlarged (nearest neighbour) first, so that the labels stay readable."""
     model.eval()
     names = {cat["id"]: cat["name"] for cat in dataset.coco.dataset["categories"]}
     panels = []
@@ -128,12 +141,14 @@ def draw_predictions(model: nn.Module, dataset: CocoDetection, path: Path, count
         image, _ = dataset[index]
         output = model([image])[0]
         keep = output["scores"] > score
-        picture = (image * 255).to(torch.uint8)
+        scale = max(1, math.ceil(min_side / min(image.shape[-2:])))
+        picture = (nn.functional.interpolate(image[None], scale_factor=scale)[0] * 255).to(torch.uint8)
         if "masks" in output and keep.any():
-            picture = draw_segmentation_masks(picture, output["masks"][keep, 0] > 0.5, alpha=0.4)
+            masks = nn.functional.interpolate(output["masks"][keep], scale_factor=scale)[:, 0] > 0.5
+            picture = draw_segmentation_masks(picture, masks, alpha=0.4)
         if keep.any():
             labels = [names.get(int(label), str(int(label))) for label in output["labels"][keep]]
-            picture = draw_bounding_boxes(picture, output["boxes"][keep], labels, colors="yellow")
+            picture = draw_bounding_boxes(picture, output["boxes"][keep] * scale, labels, colors="yellow", width=2)
         panels.append(picture)
     grid = make_grid(panels, nrow=len(panels), padding=4, pad_value=255)
     path.parent.mkdir(parents=True, exist_ok=True)
