@@ -1,0 +1,82 @@
+"""``davit serve``: an HTTP inference server for a model (:mod:`davit.serve`)."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..errors import require
+from ..runtime import BACKENDS, RUNTIME_DTYPES
+from .argtypes import add_checkpoint, positive_int
+
+TOKEN_VARIABLE = "DAVIT_SERVE_TOKEN"
+
+DESCRIPTION = f"""Serve a model over HTTP: POST /v1/predict and /v1/embed (images as multipart
+'images' uploads or JSON {{"images": [base64, ...]}}), GET /v1/models, /health, /metrics and the
+OpenAPI schema (/docs). Concurrent requests are batched. With --token (or {TOKEN_VARIABLE}) every
+endpoint but /health needs 'Authorization: Bearer TOKEN'. Stop with Ctrl-C: accepted requests are
+answered first."""
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be zero or a positive number, got {text}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("serve", help="serve a model over HTTP (FastAPI + uvicorn)",
+                                   description=DESCRIPTION)
+    parser.add_argument("model", metavar="MODEL_OR_PATH",
+                        help="zoo name, architecture name or JSON, checkpoint file, save_pretrained folder "
+                             "or hf-hub: name")
+    add_checkpoint(parser)
+    parser.add_argument("--random-weights", action="store_true",
+                        help="serve random weights (no download; for trying the server out)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, "
+                                                            "this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    parser.add_argument("--max-batch-size", type=positive_int, default=16,
+                        help="most images per model run (default: 16)")
+    parser.add_argument("--max-wait-ms", type=non_negative_float, default=5.0,
+                        help="longest an image waits for others to fill its batch (default: 5)")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch",
+                        help="runtime of the classifier (default: torch); embeddings run on torch")
+    parser.add_argument("--dtype", choices=RUNTIME_DTYPES, default="fp32", help="compute precision (default: fp32)")
+    parser.add_argument("--threads", type=positive_int, help="runtime threads (default: one per core)")
+    parser.add_argument("--token", help=f"bearer token required on every endpoint but /health "
+                                        f"(default: ${TOKEN_VARIABLE}; unset: no token)")
+    parser.add_argument("--max-body-mb", type=positive_float, default=20.0,
+                        help="largest request body in MiB (default: 20)")
+    parser.add_argument("--max-pixels", type=positive_int, default=40_000_000,
+                        help="most pixels per image, from its header (default: 40000000)")
+    parser.add_argument("--max-images", type=positive_int, default=32, help="most images per request (default: 32)")
+    parser.add_argument("--timeout", type=positive_float, default=30.0,
+                        help="seconds a request may take before it is answered 503 (default: 30)")
+    parser.add_argument("--top-k", type=positive_int, default=5, help="default top-k list length (default: 5)")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    require("fastapi", "serve", "davit serve")
+    from ..serve.app import ServeSettings
+    from ..serve.limits import Limits, MiB
+    from ..serve.model import load_served_model
+    from ..serve.server import run_server
+
+    limits = Limits(max_body_bytes=int(args.max_body_mb * MiB), max_pixels=args.max_pixels,
+                    max_images=args.max_images, timeout_s=args.timeout)
+    settings = ServeSettings(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, limits=limits,
+                             token=args.token or os.environ.get(TOKEN_VARIABLE) or None, top_k=args.top_k)
+    served = load_served_model(args.model, checkpoint=args.checkpoint, random_weights=args.random_weights,
+                               backend=args.backend, dtype=args.dtype, threads=args.threads)
+    run_server(served, settings, args.host, args.port)
+    return 0

@@ -1,0 +1,217 @@
+"""The HTTP app (FastAPI): ``POST /v1/predict``, ``POST /v1/embed``, ``GET /v1/models``,
+``GET /health``, ``GET /metrics`` and the OpenAPI schema.
+
+A request's images are decoded and preprocessed in a worker thread, then each image joins the
+dynamic batcher of its task; the answer lists one result per image, in order. In a request of
+several images, an image that cannot be used gets ``{"index": i, "error": {...}}`` in its place and
+the others their results (status 200); only when no image is usable is the request refused, with
+the status and code of the first problem, the message naming each image.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from torch import Tensor
+
+from .. import __version__
+from ..data.images import load_image
+from ..data.transforms import TestTransform
+from ..errors import InvalidArgumentError
+from .batching import DynamicBatcher
+from .gate import Gate, error_body, note_error, request_id_of
+from .inputs import Item, open_image, read_items
+from .limits import Limits, Rejected
+from .metrics import CONTENT_TYPE, Metrics
+from .model import ServedModel
+from .schemas import ERROR_RESPONSES, IMAGES_BODY, EmbedResponse, HealthResponse, ModelsResponse, PredictResponse
+
+ENDPOINTS = ("/v1/predict", "/v1/embed", "/v1/models", "/health", "/metrics", "/openapi.json", "/docs")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How the app batches and what it accepts."""
+
+    max_batch_size: int = 16
+    max_wait_ms: float = 5.0
+    limits: Limits = field(default_factory=Limits)
+    token: str | None = None  # bearer token for every endpoint but /health; None: open
+    top_k: int = 5  # default length of each result's top-k list
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.max_wait_ms < 0 or self.top_k < 1:
+            raise InvalidArgumentError(f"max_batch_size and top_k must be positive and max_wait_ms not negative, "
+                                       f"got {self.max_batch_size}, {self.top_k} and {self.max_wait_ms}")
+        if self.token is not None and not self.token.strip():
+            raise InvalidArgumentError("the bearer token is empty; give a non-empty --token or DAVIT_SERVE_TOKEN")
+
+
+def create_app(served: ServedModel, settings: ServeSettings | None = None) -> FastAPI:
+    """The app serving ``served`` (see :func:`davit.serve.model.load_served_model`)."""
+    settings = settings or ServeSettings()
+    limits = settings.limits
+    metrics = Metrics(ENDPOINTS, settings.max_batch_size)
+    batchers: dict[str, DynamicBatcher] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="davit-model")
+        runs: dict[str, Callable[[Tensor], np.ndarray]] = {
+            "pooled": partial(served.embeddings, pooled=True)}
+        if served.classifier is not None:
+            runs["predict"] = served.probabilities
+        if served.has_tokens:
+            runs["tokens"] = partial(served.embeddings, pooled=False)
+        for name, run in runs.items():
+            batchers[name] = DynamicBatcher(run, executor, settings.max_batch_size,
+                                            settings.max_wait_ms / 1000, metrics.batch_done)
+            batchers[name].start()
+        try:
+            yield
+        finally:
+            for batcher in batchers.values():
+                await batcher.stop()
+            executor.shutdown(wait=True)
+
+    app = FastAPI(title="davit serve", version=__version__, lifespan=lifespan,
+                  description=f"DaViT inference for model {served.name}. Every endpoint but /health needs "
+                              "'Authorization: Bearer <token>' when the server was started with a token.")
+    app.add_middleware(Gate, limits=limits, metrics=metrics, token=settings.token)
+
+    @app.exception_handler(Rejected)
+    async def rejected(request: Request, error: Rejected) -> JSONResponse:
+        note_error(request.scope, error.code)
+        return JSONResponse(error_body(error.code, error.message, request_id_of(request.scope)), error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_parameter(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(part) for part in item.get('loc', ()))}: {item.get('msg')}"
+                             for item in error.errors())
+        note_error(request.scope, "invalid_parameter")
+        return JSONResponse(error_body("invalid_parameter", problems, request_id_of(request.scope)), 422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        note_error(request.scope, code)
+        return JSONResponse(error_body(code, str(error.detail), request_id_of(request.scope)),
+                            error.status_code, getattr(error, "headers", None))
+
+    @app.get("/health", response_model=HealthResponse)
+    async def health() -> dict[str, str]:
+        """Whether the server is up; needs no token, answers while a batch runs."""
+        return {"status": "ok"}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus_metrics() -> PlainTextResponse:
+        """Prometheus metrics: requests, errors, images, batch sizes, latency histograms."""
+        return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/v1/models", response_model=ModelsResponse, responses=ERROR_RESPONSES)
+    async def models() -> dict[str, Any]:
+        """The served model: architecture, classes, preprocessing, runtime, batching and limits."""
+        description = {**served.describe(), "max_batch_size": settings.max_batch_size,
+                       "max_wait_ms": settings.max_wait_ms, "limits": asdict(limits)}
+        return {"data": [description]}
+
+    @app.post("/v1/predict", response_model=PredictResponse, responses=ERROR_RESPONSES, openapi_extra=IMAGES_BODY)
+    async def predict(request: Request,
+                      top_k: Annotated[int, Query(ge=1, le=100_000, description="length of each top-k list "
+                                                  "(at most the class count)")] = settings.top_k,
+                      scores: Annotated[bool, Query(description="add pred_scores, every class "
+                                                    "probability")] = False) -> JSONResponse:
+        """Classify the images: mmpretrain's pred_label, pred_score, pred_class (pred_scores on
+        request) and the top-k labels with their class names, per image."""
+        if "predict" not in batchers:
+            raise Rejected(409, "cannot_classify", f"model {served.name} has no classification head; use "
+                                                   "/v1/embed")
+        names = served.class_names
+        results = await _answer(request, batchers["predict"],
+                                lambda index, row: prediction(index, row, names, top_k, scores))
+        return JSONResponse({"model": served.name, "results": results})
+
+    @app.post("/v1/embed", response_model=EmbedResponse, responses=ERROR_RESPONSES, openapi_extra=IMAGES_BODY)
+    async def embed(request: Request,
+                    tokens: Annotated[bool, Query(description="every image token (T, D) of a Florence-2 projector "
+                                                  "instead of the pooled (D,) vector")] = False) -> JSONResponse:
+        """Embed the images: the pooled embedding (D,) per image, or every token (T, D)."""
+        kind = "tokens" if tokens else "pooled"
+        if kind not in batchers:
+            raise Rejected(400, "tokens_unavailable", f"model {served.name} has no Florence-2 projector to give "
+                                                      "token embeddings; leave out tokens=true for pooled ones")
+        results = await _answer(request, batchers[kind],
+                                lambda index, row: {"index": index, "embedding": row.tolist()})
+        return JSONResponse({"model": served.name, "kind": kind, "results": results})
+
+    async def _answer(request: Request, batcher: DynamicBatcher,
+                      answer: Callable[[int, np.ndarray], dict[str, Any]]) -> list[dict[str, Any]]:
+        """Read, preprocess and batch the request's images; one result (or error) per image."""
+        items = await read_items(request, limits)
+        request.state.images = len(items)
+        metrics.images_received(request.url.path, len(items))
+        prepared = await run_in_threadpool(_prepare_all, items, limits, served.transform)
+        usable = [(index, item) for index, item in enumerate(prepared) if isinstance(item, Tensor)]
+        if not usable:
+            raise _nothing_usable(prepared)
+        rows = await asyncio.gather(*(batcher.submit(tensor) for _, tensor in usable))
+        answers = {index: answer(index, row) for (index, _), row in zip(usable, rows)}
+        return [_item_error(index, item) if isinstance(item, Rejected) else answers[index]
+                for index, item in enumerate(prepared)]
+
+    return app
+
+
+def prediction(index: int, scores: np.ndarray, names: list[str] | None, k: int, with_scores: bool) -> dict[str, Any]:
+    """One image's classification, with mmpretrain's keys and the top ``k`` (at most every class)."""
+    label = int(scores.argmax())
+    result: dict[str, Any] = {"index": index, "pred_label": label, "pred_score": float(scores[label])}
+    if names is not None:
+        result["pred_class"] = names[label]
+    if with_scores:
+        result["pred_scores"] = scores.tolist()
+    top = np.argsort(-scores, kind="stable")[:k]
+    result["topk"] = [{"label": int(i), "score": float(scores[i]), **({"class": names[i]} if names else {})}
+                      for i in top]
+    return result
+
+
+def _prepare_all(items: list[Item], limits: Limits, transform: TestTransform) -> list[Tensor | Rejected]:
+    return [item if isinstance(item, Rejected) else _prepare(item, limits, transform) for item in items]
+
+
+def _prepare(data: bytes, limits: Limits, transform: TestTransform) -> Tensor | Rejected:
+    """One image's model input: decoded as :func:`davit.data.load_image` decodes files, then the
+    model card's transform, as :func:`davit.inference_model` does."""
+    try:
+        image = open_image(data, limits)
+    except Rejected as refusal:
+        return refusal
+    try:
+        decoded = load_image(image)
+    except Exception as error:  # any failure to decode untrusted bytes is that image's problem
+        message = " ".join(str(error).replace("the given PIL image", "the image").split())
+        return Rejected(422, "corrupt_image", message or f"the image cannot be decoded ({type(error).__name__})")
+    return transform(decoded)
+
+
+def _item_error(index: int, refusal: Rejected) -> dict[str, Any]:
+    return {"index": index, "error": {"code": refusal.code, "message": refusal.message}}
+
+
+def _nothing_usable(prepared: list[Tensor | Rejected]) -> Rejected:
+    """The refusal of a request none of whose images can be used."""
+    refusals = [item for item in prepared if isinstance(item, Rejected)]
+    message = "; ".join(f"image {index}: {refusal.message}" for index, refusal in enumerate(refusals))
+    return Rejected(refusals[0].status, refusals[0].code, message)

@@ -1,0 +1,86 @@
+"""The model behind the server: loaded once, preprocessing from its card, run on a chosen runtime.
+
+Classification runs on the backend (:func:`davit.runtime.open_backend`: PyTorch, ONNX Runtime or
+OpenVINO) and answers class probabilities exactly as :func:`davit.inference_model` computes them
+(softmax of the float32 logits). Embeddings always run on the PyTorch model (the exported
+runtimes hold the classifier only), with :mod:`davit.engine.embed`'s definition of an embedding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..api import get_model
+from ..checkpoint.card import Preprocessing
+from ..data.transforms import TestTransform
+from ..engine.embed import embedding_function
+from ..engine.predict import autocast_dtype
+from ..runtime import Backend, open_backend
+
+
+@dataclass
+class ServedModel:
+    """A loaded model with what the server needs to answer for it."""
+
+    name: str
+    model: nn.Module
+    classifier: Backend | None  # None: the model does not classify (a Florence-2 tower without head)
+    backend: str
+    dtype: str
+    transform: TestTransform
+    input_size: tuple[int, int]
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return getattr(self.model, "class_names", None)
+
+    @property
+    def has_tokens(self) -> bool:
+        """Whether the model gives token embeddings (a Florence-2 projector)."""
+        return getattr(self.model, "projector", None) is not None
+
+    def probabilities(self, images: Tensor) -> np.ndarray:
+        """Class probabilities (N, classes) of a preprocessed batch."""
+        if self.classifier is None:
+            raise RuntimeError("this model has no classifier")
+        return self.classifier(images).float().softmax(dim=-1).numpy()
+
+    def embeddings(self, images: Tensor, pooled: bool) -> np.ndarray:
+        """Pooled (N, D) or token (N, T, D) embeddings of a preprocessed batch."""
+        embed = embedding_function(self.model, pooled)
+        amp = autocast_dtype(self.dtype, torch.device("cpu"))
+        with torch.inference_mode(), torch.autocast("cpu", amp or torch.float32, enabled=amp is not None):
+            return embed(images).float().numpy()
+
+    def describe(self) -> dict[str, Any]:
+        """What ``GET /v1/models`` says about the model."""
+        card = getattr(self.model, "card", None)
+        arch = getattr(self.model, "arch", None)
+        return {"id": self.name,
+                "tasks": (["predict"] if self.classifier is not None else []) + ["embed"],
+                "architecture": arch.to_dict() if arch is not None else None,
+                "num_classes": getattr(self.model, "num_classes", 0),
+                "class_names": self.class_names,
+                "preprocessing": card.preprocessing.to_dict() if card is not None else None,
+                "input_size": list(self.input_size),
+                "backend": self.backend, "dtype": self.dtype, "token_embeddings": self.has_tokens}
+
+
+def load_served_model(source: str, checkpoint: str | None = None, random_weights: bool = False,
+                      backend: str = "torch", dtype: str = "fp32", threads: int | None = None) -> ServedModel:
+    """Build the model that ``source`` names (anything :func:`davit.get_model` takes) with its
+    own weights, ``checkpoint``'s, or random ones, and open its classifier on ``backend``."""
+    pretrained: bool | str = checkpoint if checkpoint else not random_weights
+    model = get_model(source, pretrained=pretrained, device="cpu")
+    card = getattr(model, "card", None)
+    preprocessing = card.preprocessing if card is not None else Preprocessing()
+    size = preprocessing.exact_size or (preprocessing.crop_size, preprocessing.crop_size)
+    input_size = (int(size[0]), int(size[1]))
+    classifies = getattr(model, "head", None) is not None
+    classifier = open_backend(model, backend, dtype=dtype, input_size=input_size, threads=threads) \
+        if classifies else None
+    return ServedModel(source, model, classifier, backend, dtype, preprocessing.transform(), input_size)

@@ -1,0 +1,35 @@
+"""Running the app under uvicorn: loopback by default, graceful shutdown on SIGINT/SIGTERM (no new
+connections; the accepted requests are answered first, for up to ``graceful_timeout_s``)."""
+from __future__ import annotations
+
+import ipaddress
+import logging
+
+from ..errors import require
+from .app import ServeSettings, create_app
+from .model import ServedModel
+
+logger = logging.getLogger("davit.serve")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run_server(served: ServedModel, settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000,
+               graceful_timeout_s: int = 30) -> None:
+    """Serve until interrupted."""
+    require("uvicorn", "serve", "davit serve")
+    import uvicorn
+
+    if not is_loopback(host) and settings.token is None:
+        logger.warning("serving on %s without a token: anyone who can reach this address can use the model; "
+                       "set --token or DAVIT_SERVE_TOKEN", host)
+    config = uvicorn.Config(create_app(served, settings), host=host, port=port, log_config=None,
+                            access_log=False, lifespan="on", timeout_graceful_shutdown=graceful_timeout_s)
+    uvicorn.Server(config).run()

@@ -1,0 +1,58 @@
+"""``davit serve`` as a user runs it: a subprocess, the token from the environment, SIGTERM."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+
+from davit.cli.app import build_parser
+
+
+def test_serve_options_parse():
+    args = build_parser().parse_args(["serve", "tiny", "--random-weights", "--backend", "onnxruntime",
+                                      "--max-batch-size", "8", "--max-wait-ms", "0", "--token", "t"])
+    assert (args.model, args.random_weights, args.backend, args.max_batch_size, args.max_wait_ms, args.token) == \
+        ("tiny", True, "onnxruntime", 8, 0.0, "t")
+    assert args.host == "127.0.0.1"  # loopback unless asked
+
+
+def test_davit_serve_subprocess_token_and_graceful_sigterm(tiny_folder, photos):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "davit", "serve", str(tiny_folder), "--port", str(port), "--max-wait-ms", "1500"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "DAVIT_SERVE_TOKEN": "from-env"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, "davit serve did not start"
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+        answers: list[httpx.Response] = []
+        sender = threading.Thread(target=lambda: answers.append(httpx.post(
+            f"{url}/v1/predict", files=[("images", ("a.jpg", photos["a.jpg"]))],
+            headers={"Authorization": "Bearer from-env", "X-Request-ID": "in-flight"}, timeout=30)))
+        sender.start()
+        time.sleep(0.5)  # the request waits in the batcher
+        server.send_signal(signal.SIGTERM)
+        sender.join(timeout=30)
+        output, _ = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert answers and answers[0].status_code == 200, output
+    assert answers[0].json()["results"][0]["pred_class"] in ("cat", "dog", "cup")
+    assert '"request_id": "in-flight"' in output and '"status": 200' in output  # the access log
+    assert server.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has stopped
