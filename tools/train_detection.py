@@ -23,13 +23,17 @@ from davit.errors import DavitError
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tools/train_detection.py", description=__doc__.split("\n\n")[0])
-    for name in ("train_images", "train_annotations", "val_images", "val_annotations"):
-        parser.add_argument(name, type=Path)
+    for name, what in (("train_images", "folder of training images"),
+                       ("train_annotations", "COCO instances JSON of the training images"),
+                       ("val_images", "folder of validation images"),
+                       ("val_annotations", "COCO instances JSON of the validation images")):
+        parser.add_argument(name, type=Path, help=what)
     parser.add_argument("--work-dir", type=Path, required=True, help="where outputs go")
     parser.add_argument("--arch", default="tiny", help="architecture name or a JSON dict of its fields")
-    parser.add_argument("--detector", choices=("maskrcnn", "fasterrcnn"), default="maskrcnn")
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--detector", choices=("maskrcnn", "fasterrcnn"), default="maskrcnn",
+                        help="torchvision detector on DaViT + FPN (default maskrcnn)")
+    parser.add_argument("--epochs", type=int, default=12, help="passes over the training set (default 12)")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per step (default 4)")
     parser.add_argument("--lr", type=float, default=3e-4, help="AdamW's peak learning rate")
     parser.add_argument("--image-size", type=int, default=128, help="the detector's min and max size")
     parser.add_argument("--mask-head", type=int, nargs="+", default=[256] * 4,
@@ -39,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="one anchor size per FPN level P2-P6 (default torchvision's 32 64 128 256 512)")
     parser.add_argument("--backbone-weights", default=None,
                         help="a checkpoint to start the backbone from (a classifier's, say; default random)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
