@@ -157,3 +157,68 @@ def test_transformers_reference_is_for_florence2_only(capsys):
     assert "Florence-2" in capsys.readouterr().err
     with pytest.raises(InvalidArgumentError):
         BenchmarkOptions(reference="onnx")
+
+
+def test_runtimes_side_by_side_with_int8_in_blocks(tmp_path, capsys):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    out = tmp_path / "bench.json"
+    assert run_subcommand("benchmark", [*FAST, "--no-timm", "--backend", "torch,openvino", "--int8",
+                                        "--calibration-images", "4", "--repeats", "2", "--block", "1",
+                                        "--threads", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert list(report["results"]) == ["davit", "openvino", "openvino-int8"]
+    assert report["baseline"] == "davit" and list(report["speedups"]) == ["openvino", "openvino-int8"]
+    config = report["config"]
+    assert config["backends"] == ["torch", "openvino"] and config["int8"] and config["block"] == 1
+    assert config["runtimes"]["openvino"] == config["runtimes"]["openvino-int8"] == {
+        "threads": 1, "precision": "f32", "performance_hint": "LATENCY"}
+    assert config["calibration"] == "random" and config["calibration_images"] == 4
+    for name, result in report["results"].items():
+        assert len(result["step_seconds"]) == 2 and result["images_per_second"]["median"] > 0
+        assert (result["peak_memory_bytes"] is None) == (name != "davit")  # not PyTorch's allocator
+    table = capsys.readouterr().out
+    assert "| openvino-int8 |" in table and "| n/a |" in table
+    assert "runtimes timed in blocks of 1 steps: openvino 1 threads, f32; openvino-int8 1 threads, f32" in table
+    assert "davit / openvino-int8:" in table
+
+
+def test_blocks_run_each_model_in_turn_after_an_untimed_step():
+    from davit.benchmark import time_in_blocks
+
+    calls = []
+    steps = {name: (lambda name=name: calls.append(name)) for name in ("a", "b")}
+    seconds = time_in_blocks(steps, repeats=5, warmup=1, block=2)
+    assert {name: len(s) for name, s in seconds.items()} == {"a": 5, "b": 5}
+    # warm-up, then rounds of (untimed + block) per model, the order turning each round
+    assert "".join(calls) == "ab" + "aaa" + "bbb" + "bbb" + "aaa" + "aa" + "bb"
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"backends": ("torch", "tensorrt")}, "backends must be distinct names of torch, onnxruntime, openvino"),
+    ({"backends": ("torch", "torch")}, "backends must be distinct"),
+    ({"int8": True}, "int8 models run on onnxruntime or openvino"),
+    ({"backends": ("openvino",), "calibration": "images"}, "calibration images are for --int8"),
+    ({"backends": ("openvino",), "mode": "train"}, "timed for inference"),
+    ({"backends": ("openvino",), "device": "cuda"}, "timed on the CPU"),
+    ({"backends": ("onnxruntime",), "dtype": "bf16"}, "no bfloat16 path"),
+    ({"backends": ("openvino",), "block": 0}, "block must be a positive integer"),
+])
+def test_runtime_options_are_checked(options, message):
+    with pytest.raises(InvalidArgumentError, match=message):
+        BenchmarkOptions(**options)
+
+
+def test_backend_option_takes_commas_and_repeats(capsys):
+    with pytest.raises(SystemExit):
+        run_subcommand("benchmark", [*FAST, "--backend", "torch,onnx"])
+    assert "runtimes are torch, onnxruntime, openvino, got 'torch,onnx'" in capsys.readouterr().err
+    assert run_subcommand("benchmark", [*FAST, "--backend", "onnxruntime", "--backend", "torch",
+                                        "--dtype", "bf16"]) == 1
+    assert "ONNX Runtime's CPU provider has no bfloat16 path" in capsys.readouterr().err
+
+
+def test_an_empty_calibration_folder_is_a_clear_error(tmp_path, capsys):
+    assert run_subcommand("benchmark", [*FAST, "--no-timm", "--backend", "openvino", "--int8",
+                                        "--calibration", str(tmp_path)]) == 1
+    assert "holds no readable images" in capsys.readouterr().err

@@ -20,6 +20,14 @@ before it. On CPU, the highest running total of the bytes that PyTorch's CPU all
 during one step (from ``torch.profiler``'s memory events), minus what it freed; memory that MKL or
 oneDNN allocate on their own is not included.
 
+Runtimes (``backends``): the same weights on ONNX Runtime and OpenVINO (:mod:`davit.runtime`),
+each with its worker threads set as it runs best (``threads`` of them, or one per core; ONNX
+Runtime's threads do not spin), and with ``int8`` also their post-training int8 models, calibrated
+on random or given images (:mod:`davit.quantize`). A runtime's threads can stay busy after its
+call returns and slow whatever runs next, so with runtimes the steps are timed in blocks: each
+model runs ``block`` timed steps in a row after one untimed step, the models take turns block by
+block. Their peak memory is not measured (their allocators are not PyTorch's).
+
 From Python: ``print(format_report(run(BenchmarkOptions(model="tiny", timm=False))))``. timm and
 transformers (the ``benchmark`` extra) are imported only for the reference timings.
 """
@@ -40,12 +48,15 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from .checkpoint.formats import from_davit
+from .data.transforms import build_test_transform
 from .errors import DeviceError, InvalidArgumentError, require
 from .flops import count_flops
 from .model import DaViTArch, build_model, is_florence2
 from .resolve import ModelRef, resolve_device, resolve_model
+from .runtime import BACKENDS, Backend, open_backend, open_float_and_int8
 
 DTYPES = ("fp32", "bf16", "pure-bf16")
 MODES = ("inference", "train")
@@ -93,6 +104,11 @@ class BenchmarkOptions:
     device: str | None = None  # None: cuda when available, else cpu
     timm: bool = True  # False: time this library's model alone (no reference)
     reference: str = "timm"  # one of REFERENCES: timm's DaViT, transformers' Florence-2 tower, all
+    backends: tuple[str, ...] = ("torch",)  # of runtime.BACKENDS; torch (with the references) first
+    int8: bool = False  # also time the int8 model of each runtime other than torch
+    calibration: str | None = None  # int8: folder of calibration images; None: random images
+    calibration_images: int = 32  # int8: at most this many calibration images
+    block: int = 5  # with runtimes: timed steps in a row per model
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -109,13 +125,45 @@ class BenchmarkOptions:
                 raise InvalidArgumentError(f"{name} must be a positive integer, got {value}")
         if self.warmup < 0:
             raise InvalidArgumentError(f"warmup must be zero or positive, got {self.warmup}")
+        self._check_backends()
+
+    def _check_backends(self) -> None:
+        unknown = [name for name in self.backends if name not in BACKENDS]
+        if unknown or not self.backends or len(set(self.backends)) != len(self.backends):
+            raise InvalidArgumentError(f"backends must be distinct names of {', '.join(BACKENDS)}, got "
+                                       f"{', '.join(self.backends) or 'none'}")
+        for name, value in {"calibration_images": self.calibration_images, "block": self.block}.items():
+            if value < 1:
+                raise InvalidArgumentError(f"{name} must be a positive integer, got {value}")
+        runtimes = self.runtimes
+        if self.calibration is not None and not self.int8:
+            raise InvalidArgumentError("calibration images are for --int8; add --int8 or leave out --calibration")
+        if self.int8 and not runtimes:
+            raise InvalidArgumentError("int8 models run on onnxruntime or openvino: add --backend openvino "
+                                       "(or onnxruntime)")
+        if not runtimes:
+            return
+        if self.mode != "inference" or self.dtype == "pure-bf16":
+            raise InvalidArgumentError("onnxruntime and openvino are timed for inference in fp32 or bf16; "
+                                       "use --mode inference and --dtype fp32 or bf16")
+        if self.device not in (None, "cpu"):
+            raise InvalidArgumentError("onnxruntime and openvino are timed on the CPU; use --device cpu")
+        if self.dtype == "bf16" and "onnxruntime" in runtimes:
+            raise InvalidArgumentError("ONNX Runtime's CPU provider has no bfloat16 path; time onnxruntime "
+                                       "with --dtype fp32")
+
+    @property
+    def runtimes(self) -> tuple[str, ...]:
+        """The backends other than torch."""
+        return tuple(name for name in self.backends if name != "torch")
 
 
 def run(options: BenchmarkOptions) -> dict:
     """Build the models, time them and return the report as a JSON-ready dict."""
     if options.threads:
         torch.set_num_threads(options.threads)
-    device = resolve_device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    default_device = "cuda" if torch.cuda.is_available() and not options.runtimes else "cpu"
+    device = resolve_device(options.device or default_device)
     if options.dtype != "fp32" and device.type == "cpu" and not _cpu_supports_bf16():
         raise DeviceError("this CPU has no bfloat16 matrix support; use --dtype fp32")
     ref = resolve_model(options.model)
@@ -127,30 +175,48 @@ def run(options: BenchmarkOptions) -> dict:
     flops = count_flops(ours, options.input_size)
     flops_per_image = 2 * (flops["flops"] + flops["head_flops"])
     flops_per_step = flops_per_image * options.batch_size * (3 if options.mode == "train" else 1)
-    models: dict[str, nn.Module] = {"davit": ours, **reference_models(ref, options, ours)}
+    models: dict[str, nn.Module] = {"davit": ours, **reference_models(ref, options, ours)} if (
+        "torch" in options.backends) else {}
 
     steps = _steps(models, options, ref.num_classes, device)
+    runtimes = open_runtimes(ours, options)
+    images = _images(options)[0]
+    steps |= {name: _runtime_step(backend, images) for name, backend in runtimes.items()}
     ceiling_dtype = torch.float32 if options.dtype == "fp32" else torch.bfloat16
     steps["matmul"] = matmul_step(device, ceiling_dtype)
-    seconds = time_alternately(steps, options.repeats, options.warmup, device)
+    if runtimes:
+        seconds = time_in_blocks(steps, options.repeats, options.warmup, options.block)
+    else:
+        seconds = time_alternately(steps, options.repeats, options.warmup, device)
     ceiling = 2 * CEILING_SIZE ** 3 / min(seconds.pop("matmul")) / 1e9
     del steps["matmul"]
     timings = {name: Timing(name, seconds[name], options.batch_size, flops_per_step, ceiling,
-                            peak_memory(step, device))
+                            None if name in runtimes else peak_memory(step, device))
                for name, step in steps.items()}
     config = {"model": options.model, "arch": ref.arch.to_dict(), "num_classes": num_classes,
               "batch_size": options.batch_size, "input_size": list(options.input_size),
               "dtype": options.dtype, "mode": options.mode, "compile": options.compile,
               "threads": torch.get_num_threads(), "repeats": options.repeats,
               "warmup": options.warmup, "device": str(device), "torch": torch.__version__,
-              "timm": _version("timm"), "transformers": _version("transformers")}
+              "timm": _version("timm"), "transformers": _version("transformers"),
+              "backends": list(options.backends), "int8": options.int8}
+    if runtimes:
+        config |= {"block": options.block, "runtimes": {name: runtime_settings(backend)
+                                                        for name, backend in runtimes.items()},
+                   "onnxruntime": _version("onnxruntime"), "openvino": _version("openvino"),
+                   "nncf": _version("nncf")}
+        if options.int8:
+            config |= {"calibration": options.calibration or "random",
+                       "calibration_images": options.calibration_images}
     report = {"config": config, "flops_per_image": flops_per_image,
               "flops_per_step": flops_per_step, "ceiling_gflops": ceiling,
               "results": {name: asdict(t) for name, t in timings.items()}}
-    ours_ips = timings["davit"].images_per_second
+    baseline = next(iter(timings))  # davit (torch), else the first runtime
+    report["baseline"] = baseline
+    ours_ips = timings[baseline].images_per_second
     report["speedups"] = {name: {"median": ours_ips["median"] / t.images_per_second["median"],
                                  "best": ours_ips["max"] / t.images_per_second["max"]}
-                          for name, t in timings.items() if name != "davit"}
+                          for name, t in timings.items() if name != baseline}
     if "timm" in timings:
         report["speedup_vs_timm"] = report["speedups"]["timm"]["median"]
         report["speedup_vs_timm_best"] = report["speedups"]["timm"]["best"]
@@ -177,13 +243,66 @@ def reference_models(ref: ModelRef, options: BenchmarkOptions, ours: nn.Module) 
     return models
 
 
+def open_runtimes(model: nn.Module, options: BenchmarkOptions) -> dict[str, Backend]:
+    """``model`` on each runtime of ``options`` (and, with ``int8``, its int8 model there), by name."""
+    if not options.runtimes:
+        return {}
+    calibration = calibration_images(options) if options.int8 else None
+    runtimes: dict[str, Backend] = {}
+    for name in tqdm(options.runtimes, desc="converting for the runtimes", unit="runtime", file=sys.stderr):
+        settings: dict[str, Any] = {"dtype": options.dtype, "input_size": options.input_size,
+                                    "threads": options.threads}
+        if calibration is None:
+            opened: tuple[Backend, ...] = (open_backend(model, name, **settings),)
+        else:
+            opened = open_float_and_int8(model, name, calibration=calibration, **settings)
+        runtimes |= {backend.name: backend for backend in opened}
+    return runtimes
+
+
+def _runtime_step(backend: Backend, images: Tensor) -> Callable[[], object]:
+    return lambda: backend(images)
+
+
+def calibration_images(options: BenchmarkOptions) -> list[Tensor]:
+    """The int8 calibration batches: ``options.calibration``'s images resized to the input size,
+    or random ones."""
+    if options.calibration is not None:
+        from .quantize import folder_images
+
+        transform = build_test_transform(exact_size=options.input_size)
+        return folder_images(options.calibration, transform, limit=options.calibration_images)
+    generator = torch.Generator().manual_seed(2)
+    return [torch.randn(options.calibration_images, 3, *options.input_size, generator=generator)]
+
+
+def runtime_settings(backend: Backend) -> dict[str, Any]:
+    """How a runtime was set up to run: its threads, and spinning or precision."""
+    session = getattr(backend, "session", None)
+    if session is not None:
+        settings = session.get_session_options()
+        return {"intra_op_threads": settings.intra_op_num_threads,
+                "spinning": settings.get_session_config_entry("session.intra_op.allow_spinning") != "0"}
+    compiled = cast(Any, backend).compiled
+    return {"threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
+            "precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
+            "performance_hint": str(compiled.get_property("PERFORMANCE_HINT"))}
+
+
+def _images(options: BenchmarkOptions) -> tuple[Tensor, Tensor]:
+    """The random images (float32, CPU) and labels every model is timed on."""
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(options.batch_size, 3, *options.input_size, generator=generator)
+    labels = torch.randint(0, 1000, (options.batch_size,), generator=generator)
+    return images, labels
+
+
 def _steps(models: dict[str, nn.Module], options: BenchmarkOptions, num_classes: int,
            device: torch.device) -> dict[str, Callable[[], object]]:
     """One step function per model, all on the same random images (and labels)."""
     weight_dtype = torch.bfloat16 if options.dtype == "pure-bf16" else torch.float32
-    generator = torch.Generator().manual_seed(1)
-    images = torch.randn(options.batch_size, 3, *options.input_size, generator=generator)
-    labels = torch.randint(0, max(num_classes, 1), (options.batch_size,), generator=generator)
+    images, labels = _images(options)
+    labels = labels % max(num_classes, 1)
     images, labels = images.to(device, weight_dtype), labels.to(device)
     return {name: make_step(model.to(device, weight_dtype), images, labels, options.mode,
                             autocast=options.dtype == "bf16", compile_model=options.compile)
@@ -286,6 +405,28 @@ def time_alternately(steps: dict[str, Callable[[], object]], repeats: int, warmu
     return seconds
 
 
+def time_in_blocks(steps: dict[str, Callable[[], object]], repeats: int, warmup: int,
+                   block: int) -> dict[str, list[float]]:
+    """Seconds per step of each model, timed in blocks: ``block`` steps of one model in a row,
+    after an untimed one, then the next model's (the order alternates from one round to the
+    next), until each has ``repeats`` timed steps."""
+    names = list(steps)
+    for _ in range(warmup):
+        for name in names:
+            steps[name]()
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    round_index = 0
+    while len(seconds[names[0]]) < repeats:
+        for name in names if round_index % 2 == 0 else names[::-1]:
+            steps[name]()  # wakes this runtime's threads; not timed
+            for _ in range(min(block, repeats - len(seconds[name]))):
+                start = time.perf_counter()
+                steps[name]()
+                seconds[name].append(time.perf_counter() - start)
+        round_index += 1
+    return seconds
+
+
 def peak_memory(step: Callable[[], object], device: torch.device) -> int:
     """Bytes allocated at the peak of one step beyond what was allocated before it."""
     if device.type == "cuda":
@@ -354,6 +495,7 @@ def format_report(report: dict) -> str:
         f"model FLOPs {report['flops_per_image'] / 1e9:.2f} GFLOP per image; matmul ceiling "
         f"{report['ceiling_gflops']:.0f} GFLOP/s ({CEILING_SIZE}^3, "
         f"{'fp32' if c['dtype'] == 'fp32' else 'bf16'})",
+        *_runtime_lines(c),
         "",
         "| model | images/s (median) | min - max | peak memory | GFLOP/s | share of ceiling |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -361,16 +503,34 @@ def format_report(report: dict) -> str:
     for name, r in report["results"].items():
         ips = r["images_per_second"]
         memory = r["peak_memory_bytes"]
+        shown = "n/a" if memory is None else f"{memory / 2 ** 20:.1f} MiB"
         lines.append(f"| {name} | {ips['median']:.2f} | {ips['min']:.2f} - {ips['max']:.2f} | "
-                     f"{memory / 2 ** 20:.1f} MiB | {r['gflops']:.1f} | "
-                     f"{100 * r['share_of_ceiling']:.0f}% |")
+                     f"{shown} | {r['gflops']:.1f} | {100 * r['share_of_ceiling']:.0f}% |")
     lines.append("")
+    baseline = report.get("baseline", "davit")
     for name, ratio in report.get("speedups", {}).items():
-        lines.append(f"davit / {name}: {ratio['median']:.2f}x (median images/s), "
+        lines.append(f"{baseline} / {name}: {ratio['median']:.2f}x (median images/s), "
                      f"{ratio['best']:.2f}x (best step)")
     if not report.get("speedups"):
         lines.append("--no-timm: no reference timing")
     return "\n".join(lines)
+
+
+def _runtime_lines(config: dict) -> list[str]:
+    """How the runtimes were set up, for the report's header."""
+    if not config.get("runtimes"):
+        return []
+    described = []
+    for name, settings in config["runtimes"].items():
+        if "spinning" in settings:
+            described.append(f"{name} {settings['intra_op_threads']} threads, "
+                             f"{'spinning' if settings['spinning'] else 'no spinning'}")
+        else:
+            described.append(f"{name} {settings['threads']} threads, {settings['precision']}")
+    line = f"runtimes timed in blocks of {config['block']} steps: {'; '.join(described)}"
+    if config.get("int8"):
+        line += f"; int8 calibrated on {config['calibration_images']} {config['calibration']} images"
+    return [line]
 
 
 def _cpu_supports_bf16() -> bool:

@@ -27,6 +27,9 @@ SUBCOMMANDS = {
     "train": "train",
     "benchmark": "benchmark",
     "embed": "embed",
+    "cam": "cam",
+    "attention": "attention",
+    "serve": "serve",
 }
 
 

@@ -49,9 +49,16 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="fp32, or run the model under autocast in bf16 or fp16 (fp16 needs "
                              "CUDA) (default: fp32)")
     add_device(parser)
+    parser.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"), default="torch",
+                        help="run the model in PyTorch (default) or exported, on the CPU, to ONNX Runtime "
+                             "(fp32) or OpenVINO (fp32 or bf16 by --dtype); same top-1, see "
+                             "docs/performance.md for which is fastest")
     add_semantics(parser, help="official (the paper's model) or mmpretrain (its port's numerics) "
                                "(default: the weights' card's, else official)")
     parser.set_defaults(semantics=None)  # None: as the weights' card says
+    parser.add_argument("--show-dir", metavar="DIR",
+                        help="also save each image with its top-k classes and scores drawn on it in DIR, "
+                             "as <file stem>.png")
     parser.add_argument("--resume", action="store_true",
                         help="skip the images the --out file already holds and append the rest")
     parser.set_defaults(run=run)
@@ -65,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     options = InferenceOptions(
         inputs=tuple(args.inputs), model=args.model, checkpoint=args.checkpoint, topk=args.topk,
         batch_size=args.batch_size, num_workers=args.num_workers, out=args.out, dtype=args.dtype,
-        device=args.device, semantics=args.semantics, resume=args.resume)
+        device=args.device, semantics=args.semantics, resume=args.resume, show_dir=args.show_dir,
+        backend=args.backend)
     try:
         summary = infer(options, _Printer(args.prog, args.json))
         if args.out and distributed.is_main_process():

@@ -30,6 +30,7 @@ from ..checkpoint.card import Preprocessing
 from ..data.datasets import IMAGE_EXTENSIONS, Batch, LabelledImageDataset, image_files
 from ..errors import DavitError, InvalidArgumentError
 from ..resolve import resolve_device
+from ..vis.drawing import ClassScore, PredictionPictures
 from . import distributed
 from .predict import DTYPES, autocast_dtype, class_probabilities, sharded_loader
 from .results import ResultSink, check_format, open_results
@@ -57,6 +58,8 @@ class InferenceOptions:
     device: str | None = None  # default: cuda when available
     semantics: str | None = None  # "official" or "mmpretrain"; None: as the weights' card says
     resume: bool = False  # skip the inputs ``out`` already holds, append the rest
+    show_dir: str | None = None  # also save each image with its top-k drawn there (mmpretrain's show_dir)
+    backend: str = "torch"  # or a CPU runtime the model is exported to: onnxruntime, openvino
 
 
 @dataclass
@@ -87,15 +90,17 @@ def infer(options: InferenceOptions, sink: ResultSink | None = None) -> Inferenc
     Ctrl-C, after closing the output."""
     _check(options)
     paths = expand_inputs(options.inputs)
-    device = _device(options.device)
-    amp = autocast_dtype(options.dtype, device)
+    device = _device(options.device if options.backend == "torch" else options.device or "cpu")
+    amp = autocast_dtype(options.dtype, device) if options.backend == "torch" else None  # a runtime's own
     distributed.init_distributed(device)
     output, done = _open_output(options, sink)
     pending = [path for path in paths if str(path) not in done]
     summary = InferenceSummary(total=len(paths), skipped=len(paths) - len(pending))
     try:
         if pending:
-            _classify(_load_model(options, device), pending, options, device, amp, output, summary)
+            pictures = PredictionPictures(options.show_dir) \
+                if options.show_dir and distributed.is_main_process() else None
+            _classify(_load_model(options, device), pending, options, device, amp, output, summary, pictures)
     finally:
         if output is not None:
             output.close()
@@ -114,6 +119,23 @@ def _check(options: InferenceOptions) -> None:
         raise InvalidArgumentError("--resume carries on an output file; pass it with --out")
     if options.out:
         check_format(options.out)
+    _check_backend(options)
+
+
+def _check_backend(options: InferenceOptions) -> None:
+    """Refuse a runtime that cannot run as asked (they run on the CPU, fp32 or OpenVINO's bf16)."""
+    from ..runtime import BACKENDS
+
+    if options.backend not in BACKENDS:
+        raise InvalidArgumentError(f"--backend must be one of {', '.join(BACKENDS)}, not {options.backend!r}")
+    if options.backend == "torch":
+        return
+    if options.device not in (None, "cpu"):
+        raise InvalidArgumentError(f"--backend {options.backend} runs on the CPU; drop --device "
+                                   f"{options.device} or use --backend torch")
+    if options.dtype not in ("fp32", "bf16") or (options.backend == "onnxruntime" and options.dtype != "fp32"):
+        raise InvalidArgumentError(f"--backend {options.backend} runs --dtype fp32"
+                                   f"{' or bf16' if options.backend == 'openvino' else ''}, not {options.dtype}")
 
 
 def expand_inputs(inputs: Sequence[str]) -> list[Path]:
@@ -198,15 +220,34 @@ def _load_model(options: InferenceOptions, device: torch.device) -> nn.Module:
             model, weights = options.checkpoint or DEFAULT_MODEL, True
         else:
             model, weights = options.model, options.checkpoint or True
-        return get_model(model, pretrained=weights, device=device, semantics=options.semantics,
-                         progress=distributed.is_main_process())
+        net = get_model(model, pretrained=weights, device=device, semantics=options.semantics,
+                        progress=distributed.is_main_process())
+    return net if options.backend == "torch" else _OnRuntime(net, options)
+
+
+class _OnRuntime(nn.Module):
+    """The model exported to a CPU runtime (:func:`davit.runtime.open_backend`) in its place: the
+    same card and class names, logits from the runtime."""
+
+    def __init__(self, model: nn.Module, options: InferenceOptions) -> None:
+        from ..runtime import open_backend
+
+        super().__init__()
+        self.card = getattr(model, "card", None)
+        self.class_names = getattr(model, "class_names", None)
+        pre = self.card.preprocessing if self.card is not None else Preprocessing()
+        size = pre.exact_size or (pre.crop_size, pre.crop_size)
+        self.backend = open_backend(model, options.backend, dtype=options.dtype, input_size=(size[0], size[1]))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backend(images)
 
 
 def _classify(model: nn.Module, pending: list[Path], options: InferenceOptions,
               device: torch.device, amp: torch.dtype | None, output: ResultSink | None,
-              summary: InferenceSummary) -> None:
+              summary: InferenceSummary, pictures: PredictionPictures | None = None) -> None:
     """Classify this process's share of ``pending``; rank 0 writes every process's records,
-    batch by batch, to ``output``."""
+    batch by batch, to ``output`` (and draws each classified image into ``pictures``)."""
     card = getattr(model, "card", None)
     preprocessing = card.preprocessing if card is not None else Preprocessing()
     dataset = LabelledImageDataset([(path, _NO_LABEL) for path in pending],
@@ -230,6 +271,9 @@ def _classify(model: nn.Module, pending: list[Path], options: InferenceOptions,
                 for _, record in step:
                     if output is not None:
                         output.write(record)
+                    if pictures is not None and "error" not in record:
+                        pictures.save(record["path"], [ClassScore(top["label"], top["score"], top.get("class"))
+                                                       for top in record["topk"]])
                     summary.failed += "error" in record
                 summary.done += len(step)
                 bar.update(len(step))

@@ -1,4 +1,4 @@
-"""ONNX export, checked against the golden official logits through onnxruntime; Florence-2 towers
+"""ONNX export (export_onnx), checked against the golden official logits through onnxruntime; Florence-2 towers
 and encode_image with dynamic batch and image size."""
 import dataclasses
 import sys

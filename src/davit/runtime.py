@@ -1,0 +1,234 @@
+"""Run a DaViT model on a CPU inference runtime: PyTorch itself, ONNX Runtime or OpenVINO.
+
+Every runtime is opened the same way, ``open_backend(model, "openvino", dtype="bf16")``, and called
+the same way, ``backend(images)``: a (N, 3, H, W) float32 batch, already normalised, in; the
+model's float32 output (logits) out, on the CPU. That lets ``davit benchmark`` time the same weights
+on each runtime, and prediction use whichever is fastest, without knowing how each is driven.
+
+* ``torch``: the model itself, without autograd, under bfloat16 autocast for ``dtype="bf16"``.
+* ``onnxruntime``: the model exported to ONNX (dynamic batch, :func:`davit.export.export_onnx`)
+  in a session whose worker threads do not spin (a spinning pool keeps cores busy after each call
+  and slows whatever runs next). ONNX Runtime's CPU provider has no bfloat16 path: fp32 only, or
+  int8 through its static quantisation (:mod:`davit.quantize`).
+* ``openvino``: the model converted by ``openvino.convert_model`` from a ``torch.export`` program
+  (dynamic batch), compiled for the CPU with the dtype as its inference precision (OpenVINO would
+  otherwise pick bfloat16 on its own on CPUs that have it); int8 through NNCF's post-training
+  quantisation (:mod:`davit.quantize`).
+
+The spatial size is fixed at ``input_size`` for the exported runtimes; the batch size is free.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from .engine.predict import autocast_dtype
+from .errors import InvalidArgumentError, require
+
+BACKENDS = ("torch", "onnxruntime", "openvino")
+RUNTIME_DTYPES = ("fp32", "bf16")
+OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+EXTRAS = {"onnxruntime": ("onnxruntime", "export"), "openvino": ("openvino", "openvino")}  # module, extra
+
+
+class Backend(Protocol):
+    """A model on one runtime: a normalised float32 (N, 3, H, W) batch in, float32 output out."""
+
+    name: str
+
+    def __call__(self, images: Tensor) -> Tensor: ...
+
+
+def open_backend(model: nn.Module, backend: str = "torch", *, dtype: str = "fp32",
+                 input_size: tuple[int, int] = (224, 224), threads: int | None = None, int8: bool = False,
+                 calibration: Tensor | Iterable[Tensor] | None = None) -> Backend:
+    """``model`` (a DaViT classifier or tower, on the CPU) ready to run on ``backend``.
+
+    ``dtype`` is the compute precision (fp32 or bf16; for int8, that of the layers left in
+    floating point); ``threads`` the runtime's worker threads (None: one per core; for ``torch`` it
+    sets ``torch.set_num_threads``, a process-wide setting). ``int8`` quantises the model after
+    training (openvino, onnxruntime) with ``calibration`` images (a (N, 3, H, W) batch or an
+    iterable of such batches, preprocessed as for inference); see :mod:`davit.quantize` for the
+    agreement check that should go with it.
+    """
+    _check(backend, dtype, threads, int8, calibration)
+    model = model.eval().float().cpu()
+    if backend == "torch":
+        return TorchBackend(model, dtype, threads)
+    with tempfile.TemporaryDirectory(prefix="davit-runtime-") as folder:
+        converted = _convert(model, backend, input_size, Path(folder))
+        if int8:
+            return _int8_backend(converted, backend, dtype, threads, calibration_batches(calibration))
+        return _float_backend(converted, backend, dtype, threads)
+
+
+def open_float_and_int8(model: nn.Module, backend: str, *, dtype: str = "fp32",
+                        input_size: tuple[int, int] = (224, 224), threads: int | None = None,
+                        calibration: Tensor | Iterable[Tensor]) -> tuple[Backend, Backend]:
+    """``open_backend(..., int8=False)`` and ``open_backend(..., int8=True)`` from one conversion
+    of ``model`` (a minute for DaViT-tiny), for timing the two side by side."""
+    _check(backend, dtype, threads, True, calibration)
+    model = model.eval().float().cpu()
+    with tempfile.TemporaryDirectory(prefix="davit-runtime-") as folder:
+        converted = _convert(model, backend, input_size, Path(folder))
+        return (_float_backend(converted, backend, dtype, threads),
+                _int8_backend(converted, backend, dtype, threads, calibration_batches(calibration)))
+
+
+def _check(backend: str, dtype: str, threads: int | None, int8: bool, calibration: object) -> None:
+    """Refuse what cannot run, before any conversion (a minute for DaViT-tiny) is spent on it."""
+    if backend not in BACKENDS:
+        raise InvalidArgumentError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if dtype not in RUNTIME_DTYPES:
+        raise InvalidArgumentError(f"dtype must be one of {', '.join(RUNTIME_DTYPES)} for a runtime, "
+                                   f"not {dtype!r}")
+    if threads is not None and threads < 1:
+        raise InvalidArgumentError(f"threads must be a positive integer, got {threads}")
+    if backend == "torch":
+        if int8:
+            raise InvalidArgumentError("int8 runs on the openvino or onnxruntime backend, not torch; "
+                                       "use --backend openvino")
+        return
+    if int8 and calibration is None:
+        raise InvalidArgumentError("int8 needs calibration images (a batch or batches of "
+                                   "preprocessed images) to choose the quantisation ranges")
+    if backend == "onnxruntime" and dtype != "fp32":
+        raise InvalidArgumentError("ONNX Runtime's CPU provider has no bfloat16 path; use dtype "
+                                   "fp32 (or int8) with onnxruntime, or bf16 with openvino")
+    require(*EXTRAS[backend], f"the {backend} backend")
+    if int8 and backend == "openvino":
+        require("nncf", "openvino", "int8 quantisation with OpenVINO")
+
+
+def _convert(model: nn.Module, backend: str, input_size: tuple[int, int], folder: Path) -> Any:
+    """``model`` in the runtime's format: an ``openvino.Model``, or an ONNX file in ``folder``."""
+    if backend == "openvino":
+        return convert_to_openvino(model, input_size)
+    from . import export
+
+    return export.export_onnx(model, folder / "model.onnx", input_size=input_size, verify=False)
+
+
+def _float_backend(converted: Any, backend: str, dtype: str, threads: int | None) -> Backend:
+    if backend == "openvino":
+        return OpenVinoBackend(converted, dtype, threads)
+    return OnnxRuntimeBackend(converted, threads)
+
+
+def _int8_backend(converted: Any, backend: str, dtype: str, threads: int | None,
+                  calibration: list[Tensor]) -> Backend:
+    from .quantize import quantize_onnx_file, quantize_openvino_model
+
+    if backend == "openvino":
+        return OpenVinoBackend(quantize_openvino_model(converted, calibration), dtype, threads, int8=True)
+    return OnnxRuntimeBackend(quantize_onnx_file(converted, calibration), threads, "onnxruntime-int8")
+
+
+class TorchBackend:
+    """The PyTorch model itself (eager, with this library's fast CPU kernels)."""
+
+    def __init__(self, model: nn.Module, dtype: str, threads: int | None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = model
+        self.amp = autocast_dtype(dtype, torch.device("cpu"))
+        self.name = "torch" if dtype == "fp32" else f"torch-{dtype}"
+
+    def __call__(self, images: Tensor) -> Tensor:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=self.amp, enabled=self.amp is not None):
+            return self.model(images.float()).float()
+
+
+class OnnxRuntimeBackend:
+    """An ONNX Runtime session on an ONNX file (the model's export, or its int8 quantisation)."""
+
+    def __init__(self, path: str | Path, threads: int | None, name: str = "onnxruntime") -> None:
+        require("onnxruntime", "export", "the onnxruntime backend")
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or _cores()
+        options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.name = name
+
+    def __call__(self, images: Tensor) -> Tensor:
+        array = images.detach().float().cpu().contiguous().numpy()
+        (output,) = self.session.run(None, {self.input_name: array})
+        return torch.from_numpy(output)
+
+
+class OpenVinoBackend:
+    """An OpenVINO model compiled for the CPU, with the dtype as its inference precision (None:
+    OpenVINO's own choice for this CPU, bfloat16 where the CPU has it). For an int8 model the
+    dtype is that of the layers left in floating point."""
+
+    def __init__(self, ov_model: Any, dtype: str | None, threads: int | None, int8: bool = False) -> None:
+        require("openvino", "openvino", "the openvino backend")
+        import openvino
+
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if dtype is not None:
+            config["INFERENCE_PRECISION_HINT"] = OPENVINO_PRECISION[dtype]
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = openvino.Core().compile_model(ov_model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.lock = threading.Lock()  # one infer request: calls from several threads take turns
+        self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        self.name = "openvino" + ("-int8" if int8 else "" if self.precision == "f32" else f"-{self.precision}")
+
+    def __call__(self, images: Tensor) -> Tensor:
+        array = images.detach().float().cpu().contiguous().numpy()
+        with self.lock:
+            self.request.infer({0: array})
+            output = self.request.get_output_tensor(0).data.copy()
+        return torch.from_numpy(output)
+
+
+def convert_to_openvino(model: nn.Module, input_size: tuple[int, int]) -> Any:
+    """``model`` as an ``openvino.Model`` with a dynamic batch dimension.
+
+    Converted from a ``torch.export`` program (as the ONNX export is): that graph holds the plain
+    layers rather than this library's oneDNN kernels, and a symbolic batch. The example batch is 2,
+    because torch.export fixes a dimension whose example value is 1.
+    """
+    require("openvino", "openvino", "converting to OpenVINO")
+    import openvino
+
+    model = model.eval().float().cpu()
+    example = torch.randn(2, 3, *input_size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with torch.no_grad():
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    return openvino.convert_model(program)
+
+
+def calibration_batches(calibration: Tensor | Iterable[Tensor] | None) -> list[Tensor]:
+    """The calibration images as a list of (N, 3, H, W) float32 batches (a single batch, or an
+    iterable of batches or of single (3, H, W) images)."""
+    if calibration is None:
+        return []
+    items = [calibration] if isinstance(calibration, Tensor) else list(calibration)
+    batches = [item.unsqueeze(0) if item.ndim == 3 else item for item in items]
+    for batch in batches:
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise InvalidArgumentError(f"calibration images must be (N, 3, H, W) batches, got shape "
+                                       f"{tuple(batch.shape)}")
+    return [batch.float().cpu() for batch in batches]
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -1,0 +1,108 @@
+"""int8 through NNCF/OpenVINO and ONNX Runtime: the model is really int8, agrees with fp32 on
+held-out images, and is refused when it does not."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from davit import quantize
+from davit.data.transforms import build_test_transform
+from davit.errors import DatasetError, ExportError, InvalidArgumentError
+from davit.model import build_model
+from davit.quantize import QuantizationReport, check_agreement, folder_images, quantize_openvino
+from davit.resolve import resolve_model
+from davit.runtime import OpenVinoBackend, convert_to_openvino
+from tests.helpers import randomise_
+
+TINY = {"embed_dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8]}
+SIZE = (64, 64)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return randomise_(build_model(resolve_model(TINY).arch, 10)).eval()
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    return torch.randn(12, 3, *SIZE, generator=torch.Generator().manual_seed(2))
+
+
+@pytest.fixture(scope="module")
+def holdout():
+    return torch.randn(20, 3, *SIZE, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.fixture(scope="module")
+def ov_model(model):
+    pytest.importorskip("nncf")
+    return convert_to_openvino(model, SIZE)
+
+
+@pytest.fixture(scope="module")
+def quantized(model, ov_model, calibration, holdout):
+    return quantize_openvino(model, [calibration[:6], calibration[6:]], holdout, min_agreement=0.8,
+                             timing_repeats=2, converted=ov_model)
+
+
+def int8_ops(ov_model) -> int:
+    """Operations on int8/uint8 tensors in an ``openvino.Model``."""
+    return sum(any(out.get_element_type().get_type_name() in ("i8", "u8") for out in op.outputs())
+               for op in ov_model.get_ops())
+
+
+def test_openvino_int8_agrees_with_fp32_on_the_holdout_and_reports_the_speed(quantized, ov_model, model,
+                                                                             holdout):
+    int8, report = quantized
+    assert int8_ops(int8) > 10 and int8_ops(ov_model) == 0  # quantised, and the fp32 model kept
+    assert report.runtime == "openvino" and report.calibration_images == 12
+    assert report.compared_on == "holdout" and report.compared_images == 20
+    backend = OpenVinoBackend(int8, None, threads=1, int8=True)
+    with torch.no_grad():
+        expected = model(holdout).argmax(1)
+    agreement = (backend(holdout).argmax(1) == expected).float().mean().item()
+    assert report.agreement == pytest.approx(agreement) and report.agreement >= 0.8
+    assert report.float_images_per_second > 0 and report.int8_images_per_second > 0
+    assert report.speedup == report.int8_images_per_second / report.float_images_per_second
+    assert report.float_precision in ("f32", "bf16")
+    assert report.to_dict()["speedup"] == report.speedup
+    assert "int8 (openvino, 12 calibration images): top-1 agrees with fp32 on" in report.summary()
+
+
+def test_int8_that_disagrees_with_fp32_is_refused(model, ov_model, quantized, holdout, monkeypatch):
+    # held-out images 20x brighter than the calibration ones: their activations clip at the
+    # calibrated ranges and the top-1 classes scatter (the quantisation itself is the fixture's)
+    monkeypatch.setattr(quantize, "quantize_openvino_model", lambda fp32, batches: quantized[0])
+    with pytest.raises(ExportError, match=r"agrees with fp32 on only .*% of 20 holdout images, under the "
+                                          r"minimum 99%; calibrate on more images"):
+        quantize_openvino(model, holdout, 20 * holdout, min_agreement=0.99, timing_repeats=0, converted=ov_model)
+
+
+def test_without_holdout_the_calibration_images_are_compared():
+    report = QuantizationReport("openvino", 5, "calibration", 5, 0.8, 0.9, "f32", None, None, 16)
+    assert report.speedup is None and "of 5 calibration images" in report.summary()
+    with pytest.raises(ExportError, match="80.00% of 5 calibration images, under the minimum 90%"):
+        check_agreement(report)
+
+
+def test_no_calibration_images_is_a_clear_error(model, tmp_path):
+    with pytest.raises(DatasetError, match="no calibration images were given"):
+        quantize_openvino(model, [])
+    with pytest.raises(InvalidArgumentError, match="between 0 and 1"):
+        quantize_openvino(model, torch.zeros(1, 3, *SIZE), min_agreement=99)
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(DatasetError, match="holds no readable images"):
+        folder_images(tmp_path, build_test_transform(exact_size=SIZE))
+    with pytest.raises(DatasetError, match="does not exist"):
+        folder_images(tmp_path / "missing", build_test_transform(exact_size=SIZE))
+
+
+def test_folder_images_preprocess_and_skip_unreadable_files(tmp_path, caplog):
+    for index in range(3):
+        pixels = np.full((20, 30, 3), 60 * index, dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"{index}.png")
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    batches = folder_images(tmp_path, build_test_transform(exact_size=SIZE), batch_size=2)
+    assert [tuple(b.shape) for b in batches] == [(2, 3, *SIZE), (1, 3, *SIZE)]
+    assert "skipped an unreadable calibration image" in caplog.text
