@@ -89,15 +89,12 @@ def test_table_script_runs_rows_and_prints_the_markdown_table(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("bench_table", REPO / "benchmarks" / "table.py")
     table = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(table)
-    assert table.main(["--rows", "fp32-b1", "train-fp32", "--model", TINY, "--runs", "2", "--out",
-                       str(tmp_path)]) == 0
+    assert table.main(["--rows", "fp32-b1", "--model", TINY, "--runs", "2", "--out", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("| case | davit images/s")
-    assert [line.split(" | ")[0] for line in lines[2:]] == [
-        "| fp32 inference, batch 1", "| training step fp32, batch 16"]
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| fp32 inference, batch 1"]
     assert all("x** (" in line for line in lines[2:])  # the ratio's range over the two runs
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "fp32-b1-run1.json", "fp32-b1-run2.json", "train-fp32-run1.json", "train-fp32-run2.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32-b1-run1.json", "fp32-b1-run2.json"]
 
 
 def test_saved_results_reprint_the_tables_of_the_readme_and_docs(capsys):
