@@ -64,6 +64,15 @@ def test_weights_of_a_name_without_weights(name):
         resolve_weights(name)
 
 
+@pytest.mark.parametrize("name", ["tiny.onnx", "tiny.xml", "tiny.pt2"])
+def test_an_exported_model_is_refused_in_one_line(tmp_path, name):
+    exported = tmp_path / name
+    exported.write_bytes(b"not a checkpoint")
+    with pytest.raises(InvalidArgumentError, match="is an exported model") as info:
+        resolve_model(exported)
+    assert "--backend onnxruntime or openvino" in str(info.value) and "\n" not in str(info.value)
+
+
 def test_missing_file(tmp_path):
     missing = tmp_path / "nowhere.pth"
     with pytest.raises(CheckpointNotFoundError, match="does not exist") as info:

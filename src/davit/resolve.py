@@ -33,6 +33,7 @@ from .zoo import MODELS, ModelInfo, get_model_info
 ModelSource = str | Path | dict | DaViTArch  # what resolve_model takes
 _REMOTE = re.compile(r"^(https?://|hf-hub:)")
 _FILE_LIKE = (".py", ".pth", ".pt", ".bin", ".safetensors", ".json")
+_EXPORTED = (".onnx", ".xml", ".pt2")  # what `davit export` writes: runtimes run them, not torch
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,10 @@ def resolve_model(model: str | Path | dict[str, Any] | DaViTArch, progress: bool
     if is_hf_hub_name(text):
         return _described(text, _config_card(download_hf_file(text, (CONFIG_FILE,), missing_ok=True)), progress)
     path = Path(text).expanduser()
+    if path.suffix.lower() in _EXPORTED:
+        raise InvalidArgumentError(
+            f"{text} is an exported model (davit export's output), which only its runtime runs; pass "
+            "the model it was exported from instead, with --backend onnxruntime or openvino to run it there")
     if path.is_file() and path.suffix == ".py":
         return _config_ref(path)
     if _REMOTE.match(text) or path.is_file():

@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+from davit import resolve as resolve_module
 from davit.cli.app import run_subcommand
 from davit.engine import infer as infer_module
 from tests.engine.test_infer import TINY_MODEL, write_bad, write_images, write_tiny_checkpoint
@@ -49,6 +50,30 @@ def test_each_bad_file_is_reported_once_and_the_good_ones_printed(tiny_mm_checkp
     assert lines[0] == CAT and len(lines) == 3
     score, label, name = lines[1].split(maxsplit=2)
     assert 0 < float(score) <= 1 and 0 <= int(label) < 1000 and name
+
+
+def test_random_weights_run_offline(tmp_path, monkeypatch, capsys):
+    def offline(*args, **kwargs):
+        raise AssertionError("--random-weights must not download anything")
+
+    monkeypatch.setattr(resolve_module, "download_checkpoint", offline)
+    monkeypatch.setattr(resolve_module, "download_hf_checkpoint", offline)
+    image = str(write_images(tmp_path, 1)[0])
+    options = ["--device", "cpu", "--num-workers", "0", "--topk", "2"]  # the default zoo model
+    assert run_subcommand("predict", [image, *options, "--random-weights", "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert records[0]["image"] == image and len(records[0]["predictions"]) == 2
+    checkpoint = str(tmp_path / "w.pth")
+    assert run_subcommand("predict", [image, *options, "--random-weights", "--checkpoint", checkpoint]) == 1
+    assert "--random-weights and --checkpoint exclude each other" in capsys.readouterr().err
+
+
+def test_an_exported_model_says_how_to_run_it(tmp_path, capsys):
+    exported = tmp_path / "tiny.onnx"
+    exported.write_bytes(b"onnx")
+    assert run_subcommand("predict", [CAT, "--model", str(exported)]) == 1
+    error = capsys.readouterr().err
+    assert "is an exported model" in error and len(error.splitlines()) == 1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -34,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                              "checkpoint, folder or hf-hub: name (default: the --checkpoint's own "
                              f"model card, else {DEFAULT_MODEL})")
     add_checkpoint(parser)
+    parser.add_argument("--random-weights", action="store_true",
+                        help="build the model with random weights (offline; the classes are then "
+                             "meaningless, but every step runs)")
     parser.add_argument("--topk", type=positive_int, default=5,
                         help="how many of the best classes to report per image (default: 5)")
     parser.add_argument("--batch-size", type=positive_int, default=16,
@@ -70,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("--json prints the results; --out writes them in the format "
                                    "its suffix names (.jsonl or .csv); pass one of the two")
     options = InferenceOptions(
-        inputs=tuple(args.inputs), model=args.model, checkpoint=args.checkpoint, topk=args.topk,
+        inputs=tuple(args.inputs), model=args.model, checkpoint=args.checkpoint,
+        random_weights=args.random_weights, topk=args.topk,
         batch_size=args.batch_size, num_workers=args.num_workers, out=args.out, dtype=args.dtype,
         device=args.device, semantics=args.semantics, resume=args.resume, show_dir=args.show_dir,
         backend=args.backend)

@@ -50,6 +50,7 @@ class InferenceOptions:
     inputs: Sequence[str]
     model: str | None = None  # default: the checkpoint's own card, else DEFAULT_MODEL
     checkpoint: str | None = None  # default: the model's published weights
+    random_weights: bool = False  # build the model untrained (offline): no checkpoint, no download
     topk: int = 5
     batch_size: int = 16
     num_workers: int = 2
@@ -115,6 +116,8 @@ def _check(options: InferenceOptions) -> None:
     if options.topk < 1 or options.batch_size < 1 or options.num_workers < 0:
         raise InvalidArgumentError("topk and batch_size must be positive and num_workers at "
                                    "least 0")
+    if options.random_weights and options.checkpoint:
+        raise InvalidArgumentError("--random-weights and --checkpoint exclude each other; pass one")
     if options.resume and not options.out:
         raise InvalidArgumentError("--resume carries on an output file; pass it with --out")
     if options.out:
@@ -216,7 +219,9 @@ def _open_output(options: InferenceOptions,
 def _load_model(options: InferenceOptions, device: torch.device) -> nn.Module:
     with distributed.main_process_first():  # one download, which the other processes reuse
         weights: str | bool
-        if options.model is None:  # a checkpoint describes itself through its card
+        if options.random_weights:
+            model, weights = options.model or DEFAULT_MODEL, False
+        elif options.model is None:  # a checkpoint describes itself through its card
             model, weights = options.checkpoint or DEFAULT_MODEL, True
         else:
             model, weights = options.model, options.checkpoint or True
