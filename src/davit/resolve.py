@@ -73,10 +73,7 @@ def resolve_model(model: str | Path | dict[str, Any] | DaViTArch, progress: bool
     if is_hf_hub_name(text):
         return _described(text, _config_card(download_hf_file(text, (CONFIG_FILE,), missing_ok=True)), progress)
     path = Path(text).expanduser()
-    if path.suffix.lower() in _EXPORTED:
-        raise InvalidArgumentError(
-            f"{text} is an exported model (davit export's output), which only its runtime runs; pass "
-            "the model it was exported from instead, with --backend onnxruntime or openvino to run it there")
+    _refuse_exported(path)
     if path.is_file() and path.suffix == ".py":
         return _config_ref(path)
     if _REMOTE.match(text) or path.is_file():
@@ -87,6 +84,14 @@ def resolve_model(model: str | Path | dict[str, Any] | DaViTArch, progress: bool
     if path.suffix in _FILE_LIKE or "/" in text:
         raise CheckpointNotFoundError(f"{text!r} does not exist: it is neither a file nor a folder")
     return _zoo_ref(get_model_info(text))  # an unknown name raises, suggesting close ones
+
+
+def _refuse_exported(path: Path) -> None:
+    """Refuse a file ``davit export`` wrote, which is no checkpoint, naming what to do instead."""
+    if path.suffix.lower() in _EXPORTED:
+        raise InvalidArgumentError(
+            f"{path} is an exported model (davit export's output), which only its runtime runs; pass "
+            "the model it was exported from instead, with --backend onnxruntime or openvino to run it there")
 
 
 def _config_card(config: Path | None) -> ModelCard | None:
@@ -188,6 +193,7 @@ def resolve_weights(source: str | Path) -> str:
                 "hf-hub: name, or a name from `davit list --pretrained`")
         return weights
     path = Path(text).expanduser()
+    _refuse_exported(path)
     if path.is_file() and path.suffix == ".py":
         weights = load_config(path).get("load_from")
         if not weights:
