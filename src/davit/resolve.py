@@ -180,6 +180,20 @@ def pretrained_source(ref: ModelRef, model: ModelSource,
                                f"not {type(pretrained).__name__}")
 
 
+def model_and_weights(model: str | None, checkpoint: str | None, random_weights: bool,
+                      default: str) -> tuple[str, bool | str]:
+    """The model source and ``pretrained=`` argument that a command line's ``--model``,
+    ``--checkpoint`` and ``--random-weights`` ask for: without ``--model`` a checkpoint describes
+    itself through its card, else ``default`` is used."""
+    if random_weights and checkpoint:
+        raise InvalidArgumentError("--random-weights and --checkpoint exclude each other; pass one")
+    if random_weights:
+        return model or default, False
+    if model is None:
+        return checkpoint or default, True
+    return model, checkpoint or True
+
+
 def resolve_weights(source: str | Path) -> str:
     """Where the weights named by ``source`` live: a zoo name's published weights, the weights
     file of a ``save_pretrained`` folder, a config's ``load_from``, or ``source`` itself when it

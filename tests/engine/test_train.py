@@ -23,6 +23,7 @@ from davit.data.train_transforms import build_train_transform
 from davit.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from davit.engine.sampling import SeededDataset, TrainSampler, sample_seed
 from davit.model import DaViTClassifier
+from tests.helpers import torch_threads
 from tests.paths import REPO
 
 DIGITS_CONFIG = REPO / "configs" / "davit" / "davit-digits_1xb64.py"
@@ -40,12 +41,8 @@ def train(argv: list[str]) -> int:
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """One intra-op thread: tiny models on a busy 2-core machine run steadier with one than with
-    two threads that wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 def _prepare_digits():

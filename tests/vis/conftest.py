@@ -3,7 +3,7 @@ import torch
 
 from davit.checkpoint.card import ModelCard, Preprocessing
 from davit.model import DaViTClassifier
-from tests.helpers import randomise_
+from tests.helpers import randomise_, torch_threads
 
 # Two blocks in stage 1 and a window of 3 that does not divide the 8x8 grid of stage 1 on a 64
 # crop, so that the window attention pads.
@@ -30,9 +30,5 @@ def model() -> DaViTClassifier:
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """One intra-op thread: tiny models on a busy 2-core machine run steadier with one than with
-    two threads that wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield

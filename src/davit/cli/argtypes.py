@@ -33,6 +33,16 @@ def add_semantics(parser: argparse.ArgumentParser, help: str | None = None) -> N
                                      "numerics, to reproduce mmpretrain's numbers")
 
 
+def add_model_and_checkpoint(parser: argparse.ArgumentParser, default_model: str) -> None:
+    """``--model SOURCE`` (default: the checkpoint's own card, else ``default_model``) and
+    ``--checkpoint SOURCE``."""
+    parser.add_argument("--model",
+                        help="zoo name (davit list), architecture name, JSON architecture, config, "
+                             "checkpoint, folder or hf-hub: name (default: the --checkpoint's own "
+                             f"model card, else {default_model})")
+    add_checkpoint(parser)
+
+
 def add_checkpoint(parser: argparse.ArgumentParser) -> None:
     """``--checkpoint SOURCE``: weights other than the model's published ones."""
     parser.add_argument("--checkpoint",

@@ -8,11 +8,12 @@ from tqdm import tqdm
 
 from ..api import Model, get_model
 from ..engine.infer import DEFAULT_MODEL, expand_inputs
-from ..errors import ImageLoadError, InvalidArgumentError
+from ..errors import ImageLoadError
+from ..resolve import model_and_weights
 from ..vis.cam import CAM_METHODS, class_activation_map
 from ..vis.drawing import DISPLAY_SIZE, describe_class, with_caption
 from .app import print_error
-from .argtypes import add_checkpoint, add_device, non_negative_int
+from .argtypes import add_device, add_model_and_checkpoint, non_negative_int
 
 DESCRIPTION = """Save, for each image, its class activation map (grad-cam) laid over the part of
 the image the model sees (its centre crop; what the crop leaves out is dimmed) as
@@ -23,11 +24,7 @@ OUT_DIR/<image stem>_<method>_class<N>.png. An unreadable image is reported and 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """``--model``, ``--checkpoint``, ``--random-weights``, ``--device`` and ``--display-size``,
     shared by the picture subcommands."""
-    parser.add_argument("--model",
-                        help="zoo name (davit list), architecture name, JSON architecture, config, "
-                             "checkpoint, folder or hf-hub: name (default: the --checkpoint's own "
-                             f"model card, else {DEFAULT_MODEL})")
-    add_checkpoint(parser)
+    add_model_and_checkpoint(parser, DEFAULT_MODEL)
     parser.add_argument("--random-weights", action="store_true",
                         help="build the model with random weights (offline; the pictures then show the "
                              "architecture, not what a trained model learned)")
@@ -39,14 +36,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def load_model(args: argparse.Namespace) -> Model:
     """The model the options of :func:`add_model_options` name."""
-    if args.random_weights and args.checkpoint:
-        raise InvalidArgumentError("--random-weights and --checkpoint exclude each other; pass one")
-    if args.model is None:
-        if args.random_weights:
-            return get_model(DEFAULT_MODEL, pretrained=False, device=args.device)
-        return get_model(args.checkpoint or DEFAULT_MODEL, pretrained=True, device=args.device)
-    weights = False if args.random_weights else (args.checkpoint or True)
-    return get_model(args.model, pretrained=weights, device=args.device)
+    model, weights = model_and_weights(args.model, args.checkpoint, args.random_weights, DEFAULT_MODEL)
+    return get_model(model, pretrained=weights, device=args.device)
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

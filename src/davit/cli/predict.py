@@ -17,7 +17,7 @@ from ..engine.infer import DEFAULT_MODEL, InferenceInterrupted, InferenceOptions
 from ..engine.predict import DTYPES
 from ..errors import InvalidArgumentError
 from .app import print_error
-from .argtypes import add_checkpoint, add_device, add_semantics, non_negative_int, positive_int
+from .argtypes import add_device, add_model_and_checkpoint, add_semantics, non_negative_int, positive_int
 
 DESCRIPTION = """Classify images. Results are printed (or written with --out) as each batch is
 done; torchrun --nproc_per_node N -m davit predict ... shares the images among N processes and
@@ -29,11 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files, folders (searched recursively) or quoted patterns "
                              "such as 'photos/**/*.jpg'")
-    parser.add_argument("--model",
-                        help="zoo name (davit list), architecture name, JSON architecture, config, "
-                             "checkpoint, folder or hf-hub: name (default: the --checkpoint's own "
-                             f"model card, else {DEFAULT_MODEL})")
-    add_checkpoint(parser)
+    add_model_and_checkpoint(parser, DEFAULT_MODEL)
     parser.add_argument("--random-weights", action="store_true",
                         help="build the model with random weights (offline; the classes are then "
                              "meaningless, but every step runs)")

@@ -29,7 +29,7 @@ from ..api import get_model
 from ..checkpoint.card import Preprocessing
 from ..data.datasets import IMAGE_EXTENSIONS, Batch, LabelledImageDataset, image_files
 from ..errors import DavitError, InvalidArgumentError
-from ..resolve import resolve_device
+from ..resolve import model_and_weights, resolve_device
 from ..vis.drawing import ClassScore, PredictionPictures
 from . import distributed
 from .predict import DTYPES, autocast_dtype, class_probabilities, sharded_loader
@@ -116,8 +116,7 @@ def _check(options: InferenceOptions) -> None:
     if options.topk < 1 or options.batch_size < 1 or options.num_workers < 0:
         raise InvalidArgumentError("topk and batch_size must be positive and num_workers at "
                                    "least 0")
-    if options.random_weights and options.checkpoint:
-        raise InvalidArgumentError("--random-weights and --checkpoint exclude each other; pass one")
+    model_and_weights(options.model, options.checkpoint, options.random_weights, DEFAULT_MODEL)
     if options.resume and not options.out:
         raise InvalidArgumentError("--resume carries on an output file; pass it with --out")
     if options.out:
@@ -218,13 +217,8 @@ def _open_output(options: InferenceOptions,
 
 def _load_model(options: InferenceOptions, device: torch.device) -> nn.Module:
     with distributed.main_process_first():  # one download, which the other processes reuse
-        weights: str | bool
-        if options.random_weights:
-            model, weights = options.model or DEFAULT_MODEL, False
-        elif options.model is None:  # a checkpoint describes itself through its card
-            model, weights = options.checkpoint or DEFAULT_MODEL, True
-        else:
-            model, weights = options.model, options.checkpoint or True
+        model, weights = model_and_weights(options.model, options.checkpoint, options.random_weights,
+                                           DEFAULT_MODEL)
         net = get_model(model, pretrained=weights, device=device, semantics=options.semantics,
                         progress=distributed.is_main_process())
     return net if options.backend == "torch" else _OnRuntime(net, options)
