@@ -10,6 +10,7 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from davit.cli.app import build_parser
 
@@ -20,6 +21,12 @@ def test_serve_options_parse():
     assert (args.model, args.random_weights, args.backend, args.max_batch_size, args.max_wait_ms, args.token) == \
         ("tiny", True, "onnxruntime", 8, 0.0, "t")
     assert args.host == "127.0.0.1"  # loopback unless asked
+
+
+def test_a_port_out_of_range_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "tiny", "--port", "99999"])
+    assert "must be a TCP port from 0 to 65535, got 99999" in capsys.readouterr().err
 
 
 def test_davit_serve_subprocess_token_and_graceful_sigterm(tiny_folder, photos):

@@ -6,7 +6,7 @@ import os
 
 from ..errors import require
 from ..runtime import BACKENDS, RUNTIME_DTYPES
-from .argtypes import add_checkpoint, positive_int
+from .argtypes import add_checkpoint, port, positive_int
 
 TOKEN_VARIABLE = "DAVIT_SERVE_TOKEN"
 
@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="serve random weights (no download; for trying the server out)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, "
                                                             "this machine only)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    parser.add_argument("--port", type=port, default=8000, help="port (default: 8000)")
     parser.add_argument("--max-batch-size", type=positive_int, default=16,
                         help="most images per model run (default: 16)")
     parser.add_argument("--max-wait-ms", type=non_negative_float, default=5.0,

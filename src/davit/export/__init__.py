@@ -67,8 +67,8 @@ def write_export(plan: ExportPlan, path: str | Path, format: str = "onnx", *, ve
         raise InvalidArgumentError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
     path = Path(path)
     if path.suffix.lower() != FORMATS[format]:
-        raise InvalidArgumentError(f"the output file of a {format} export must end in {FORMATS[format]}, "
-                                   f"got {path}")
+        raise InvalidArgumentError(f"the output file must end in {FORMATS[format]} for the {format} format, got "
+                                   f"{path} (the endings {', '.join(FORMATS.values())} name their formats)")
     if plan.dynamic_size and format != "onnx":
         # the trace keeps the window padding's shape conditions as run-time assertions, which a
         # .pt2 program checks (refusing sizes that need no padding) and OpenVINO cannot convert
