@@ -1,5 +1,6 @@
 """davit predict."""
 import json
+import sys
 
 import pytest
 import torch
@@ -93,7 +94,8 @@ def test_good_bad_good_to_a_jsonl_file(tiny, tmp_path, capsys):
     assert [("error" in r) for r in records] == [False, True, False]
     assert "bad.png" in records[1]["error"] and "Traceback" not in captured.err
     assert captured.out == ""
-    assert captured.err.strip() == f"davit predict: 3 image(s) classified, 1 failed; the results are in {out}"
+    assert captured.err.strip() == (f"davit predict: 2 image(s) classified, 1 failed (unreadable; see "
+                                   f"the error records); the results are in {out}")
 
 
 def test_folders_and_patterns_to_csv(tiny, tmp_path):
@@ -106,7 +108,8 @@ def test_folders_and_patterns_to_csv(tiny, tmp_path):
     assert [row.split(",")[0] for row in rows[1:]] == [str(p) for p in images]
 
 
-def test_a_progress_bar_only_for_many_images(tiny, tmp_path, capsys):
+def test_a_progress_bar_only_for_many_images(tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # as on a terminal
     few = write_images(tmp_path / "few", 2)
     assert run_subcommand("predict", [*map(str, few), *tiny]) == 0
     assert "img/s" not in capsys.readouterr().err
@@ -153,3 +156,59 @@ def test_ctrl_c_keeps_the_results_and_exits_130(tiny, tmp_path, monkeypatch, cap
     assert run_subcommand("predict", [*argv, "--resume"]) == 0
     assert len(out.read_text().splitlines()) == 5
     assert "3 image(s) classified, 0 failed, 2 done before" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_resume_retries_the_images_that_failed(tiny, tmp_path, capsys, suffix):
+    """An image that could not be read is classified again by --resume once it is fixed, and
+    the file ends with one line per image, each a result."""
+    images = write_images(tmp_path / "in", 3)
+    bad = write_bad(tmp_path / "in" / "img01.png")  # the middle one, unreadable the first time
+    out = tmp_path / f"r{suffix}"
+    argv = [str(tmp_path / "in"), *tiny, "--out", str(out)]
+    assert run_subcommand("predict", argv) == 1
+    assert "2 image(s) classified, 1 failed (unreadable; see the error records)" in capsys.readouterr().err
+    write_images(tmp_path / "fixed", 3)
+    bad.write_bytes((tmp_path / "fixed" / "img01.png").read_bytes())
+    assert run_subcommand("predict", [*argv, "--resume"]) == 0
+    assert capsys.readouterr().err.strip() == (f"davit predict: 1 image(s) classified, 0 failed, 2 done "
+                                               f"before; the results are in {out}")
+    if suffix == ".jsonl":
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        paths = [r["path"] for r in records]
+        assert all("error" not in r and "pred_label" in r for r in records)
+    else:
+        rows = out.read_text().splitlines()
+        assert rows[0].startswith("path,") and all(row.endswith(",") for row in rows[1:])  # no error
+        paths = [row.split(",")[0] for row in rows[1:]]
+    assert sorted(paths) == sorted(map(str, images))
+    assert not list(tmp_path.glob(".r*"))  # no temporary file left behind
+
+
+def test_resume_of_a_still_unreadable_image_keeps_one_error_line(tiny, tmp_path, capsys):
+    write_images(tmp_path / "in", 2)
+    write_bad(tmp_path / "in" / "bad.png")
+    out = tmp_path / "r.jsonl"
+    argv = [str(tmp_path / "in"), *tiny, "--out", str(out)]
+    assert run_subcommand("predict", argv) == 1
+    assert run_subcommand("predict", [*argv, "--resume"]) == 1
+    assert "0 image(s) classified, 1 failed (unreadable; see the error records), 2 done before" \
+        in capsys.readouterr().err
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 3 and sum("error" in r for r in records) == 1
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tiny, tmp_path, capsys, monkeypatch):
+    """`davit predict folder > out.txt 2> log.txt`: the log holds whole lines, no bar redraws."""
+    write_images(tmp_path / "many", 9)
+    write_bad(tmp_path / "many" / "zz-bad.png")
+    argv = [str(tmp_path / "many"), *tiny, "--batch-size", "4"]
+    assert run_subcommand("predict", argv) == 1
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err and "img/s" not in captured.err
+    assert captured.err.splitlines() == [
+        f"davit predict: error: {line.split('error: ', 1)[1]}" for line in captured.err.splitlines()]
+    assert len(captured.out.splitlines()) == 9 * 6  # the path and its 5 classes, per image
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal does get the bar
+    assert run_subcommand("predict", argv) == 1
+    assert "10/10" in capsys.readouterr().err

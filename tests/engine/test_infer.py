@@ -142,7 +142,7 @@ def test_a_bad_file_is_an_error_line_in_its_place(checkpoint, tmp_path):
         assert set(record) == {"path", "pred_label", "pred_score", "topk"}  # no class names
         assert len(record["topk"]) == 3
         assert record["topk"][0] == {"label": record["pred_label"], "score": record["pred_score"]}
-    assert (summary.total, summary.done, summary.failed) == (3, 3, 1)
+    assert (summary.total, summary.done, summary.failed, summary.classified) == (3, 3, 1, 2)
 
 
 def test_csv_output_with_workers(checkpoint, tmp_path):
@@ -253,7 +253,7 @@ def test_two_processes_write_each_image_once_in_input_order(checkpoint, tmp_path
          "-m", "davit", "predict", *common, "--out", str(tmp_path / "two.jsonl")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr  # the bad file; torchrun reports it with a traceback
-    assert "davit predict: 8 image(s) classified, 1 failed" in done.stderr, done.stderr
+    assert "davit predict: 7 image(s) classified, 1 failed (unreadable" in done.stderr, done.stderr
 
     one = Collect()
     infer(options(checkpoint, [tmp_path / "in"]), one)

@@ -13,7 +13,7 @@ import sys
 from tqdm import tqdm
 
 from ..engine import distributed
-from ..engine.infer import DEFAULT_MODEL, InferenceInterrupted, InferenceOptions, infer
+from ..engine.infer import DEFAULT_MODEL, InferenceInterrupted, InferenceOptions, InferenceSummary, infer
 from ..engine.predict import DTYPES
 from ..errors import InvalidArgumentError
 from .app import print_error
@@ -59,7 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="also save each image with its top-k classes and scores drawn on it in DIR, "
                              "as <file stem>.png")
     parser.add_argument("--resume", action="store_true",
-                        help="skip the images the --out file already holds and append the rest")
+                        help="skip the images the --out file already holds results for and append the "
+                             "rest; images whose earlier line is an error are classified again "
+                             "(their error lines are removed first, one line per image)")
     parser.set_defaults(run=run)
     return parser
 
@@ -77,9 +79,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = infer(options, _Printer(args.prog, args.json))
         if args.out and distributed.is_main_process():
-            skipped = f", {summary.skipped} done before" if summary.skipped else ""
-            print(f"{args.prog}: {summary.done} image(s) classified, {summary.failed} failed"
-                  f"{skipped}; the results are in {args.out}", file=sys.stderr)
+            print(f"{args.prog}: {describe(summary)}; the results are in {args.out}",
+                  file=sys.stderr)
         return 1 if summary.failed else 0
     except InferenceInterrupted as stop:
         if distributed.is_main_process():
@@ -87,6 +88,15 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         distributed.cleanup()
+
+
+def describe(summary: InferenceSummary) -> str:
+    """The run's counts: classified (a prediction written), failed (an error record written)
+    and skipped as done by an earlier run (``--resume``)."""
+    failed = f"{summary.failed} failed (unreadable; see the error records)" if summary.failed \
+        else "0 failed"
+    skipped = f", {summary.skipped} done before" if summary.skipped else ""
+    return f"{summary.classified} image(s) classified, {failed}{skipped}"
 
 
 class _Printer:

@@ -65,13 +65,19 @@ class InferenceOptions:
 
 @dataclass
 class InferenceSummary:
-    """How a run went: inputs found, skipped as done earlier (``resume``), classified in this
-    run (failures included) and failed."""
+    """How a run went: inputs found, skipped as done earlier (``resume``; an earlier error is
+    not done and is tried again), handled in this run (``done``: a record written, result or
+    error) and, of those, failed; :attr:`classified` are the ones with a result."""
 
     total: int
     skipped: int = 0
     done: int = 0
     failed: int = 0
+
+    @property
+    def classified(self) -> int:
+        """Images of this run that got a prediction (``done`` less ``failed``)."""
+        return self.done - self.failed
 
 
 class InferenceInterrupted(KeyboardInterrupt):
@@ -256,8 +262,10 @@ def _classify(model: nn.Module, pending: list[Path], options: InferenceOptions,
     steps = math.ceil(math.ceil(len(pending) / distributed.get_world_size()) / options.batch_size)
     names = getattr(model, "class_names", None)
     quiet = not distributed.is_main_process() or len(pending) < PROGRESS_MIN
+    # disable=None: tqdm draws no bar when stderr is not a terminal (a log file, a pipe), where
+    # its carriage-return redraws would run into the result and error lines
     bar = tqdm(total=len(pending), unit="img", desc="predict", file=sys.stderr, dynamic_ncols=True,
-               disable=quiet)
+               disable=True if quiet else None)
     batches = iter(loader)
     try:
         with bar:

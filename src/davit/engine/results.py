@@ -2,12 +2,22 @@
 
 Each line is written and flushed as soon as its image is done, so that an interrupted run keeps
 every finished result and ``--resume`` can carry on from the paths the file already holds.
+
+``--resume`` counts only results as done: an image whose line is an error (it could not be read
+last time) is classified again. Before appending, the file is rewritten without its error lines
+(into a temporary file beside it, then renamed over it, so that a crash leaves either the old or
+the new file whole). Appending the retry after the old error line instead would leave two lines
+for one image and make every reader pick "the last one"; rewriting keeps the file's promise of
+exactly one line per image.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -88,8 +98,9 @@ def check_format(out: str) -> None:
 
 
 def open_results(out: str, resume: bool) -> tuple[ResultSink, set[str]]:
-    """The writer for ``out`` and the paths it already holds (with ``resume``, which appends to
-    the file) or an empty set (the file is started afresh). Fails here, before any model is
+    """The writer for ``out`` and the paths it already holds results for (with ``resume``, which
+    drops the file's error lines, so that those images are classified again, and appends to the
+    file) or an empty set (the file is started afresh). Fails here, before any model is
     built, when the file cannot be written."""
     check_format(out)
     path = Path(out)
@@ -107,16 +118,36 @@ def open_results(out: str, resume: bool) -> tuple[ResultSink, set[str]]:
 
 
 def _done_paths(path: Path) -> set[str]:
-    """The paths ``path`` holds results (or errors) for. A last line cut short by a killed run is
-    removed, so that appending starts on a line of its own."""
-    read: Callable[[IO[str], Path], set[str]] = \
+    """The paths ``path`` holds results for. A last line cut short by a killed run is removed, so
+    that appending starts on a line of its own, and error lines are removed (atomically, see the
+    module's docstring), so that their images are retried and the file keeps one line per
+    image."""
+    read: Callable[[IO[str], Path], tuple[set[str], list[str], bool]] = \
         _csv_paths if path.suffix.lower() == ".csv" else _jsonl_paths
     try:
         _drop_partial_line(path)
         with open(path, encoding="utf-8", newline="") as file:
-            return read(file, path)
+            done, kept, had_errors = read(file, path)
+        if had_errors:
+            _replace(path, kept)
+        return done
     except OSError as error:
         raise InvalidArgumentError(f"--resume: cannot update {path} ({error.strerror})") from None
+
+
+def _replace(path: Path, lines: list[str]) -> None:
+    """Write ``lines`` to a temporary file beside ``path`` and rename it over ``path``."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
+            file.writelines(lines)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def _drop_partial_line(path: Path) -> None:
@@ -126,8 +157,12 @@ def _drop_partial_line(path: Path) -> None:
             file.truncate(data.rfind(b"\n") + 1)
 
 
-def _jsonl_paths(file: IO[str], path: Path) -> set[str]:
+def _jsonl_paths(file: IO[str], path: Path) -> tuple[set[str], list[str], bool]:
+    """The paths with results, the lines to keep (the results) and whether any line was an
+    error."""
     done = set()
+    kept = []
+    had_errors = False
     for number, line in enumerate(file, start=1):
         if not line.strip():
             continue
@@ -139,17 +174,37 @@ def _jsonl_paths(file: IO[str], path: Path) -> set[str]:
             raise InvalidArgumentError(f"--resume: {path} line {number} is not a davit predict "
                                        "result; pass the file an earlier run wrote, or drop "
                                        "--resume to start it afresh")
-        done.add(record["path"])
-    return done
+        if "error" in record:
+            had_errors = True
+        elif record["path"] not in done:
+            done.add(record["path"])
+            kept.append(line)
+    return done, kept, had_errors
 
 
-def _csv_paths(file: IO[str], path: Path) -> set[str]:
-    reader = csv.reader(file)
+def _csv_paths(file: IO[str], path: Path) -> tuple[set[str], list[str], bool]:
+    """As :func:`_jsonl_paths`; the header is kept."""
+    lines = file.readlines()
+    reader = csv.reader(lines)
     header = next(reader, None)
     if header is None:
-        return set()
+        return set(), [], False
     if tuple(header) != CSV_COLUMNS:
         raise InvalidArgumentError(f"--resume: {path} does not have the columns davit predict "
                                    f"writes ({','.join(CSV_COLUMNS)}); pass the file an earlier "
                                    "run wrote, or drop --resume to start it afresh")
-    return {row[0] for row in reader if row}
+    error_column = CSV_COLUMNS.index("error")
+    done: set[str] = set()
+    kept = [lines[0]]
+    had_errors = False
+    for row in reader:
+        if not row:
+            continue
+        text = io.StringIO()
+        csv.writer(text, lineterminator="\n").writerow(row)
+        if len(row) > error_column and row[error_column]:
+            had_errors = True
+        elif row[0] not in done:
+            done.add(row[0])
+            kept.append(text.getvalue())
+    return done, kept, had_errors
