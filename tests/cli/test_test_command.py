@@ -1,7 +1,9 @@
 """``davit test`` / ``tools/test.py``: the options parse as mmpretrain's tools/test.py, and a bad
 config is one line."""
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -86,3 +88,30 @@ def test_fewer_classes_than_the_top_k(tmp_path, capsys):
     assert captured.out.startswith("accuracy/top1: ") and "top5" not in captured.out
     assert captured.err.count("test_evaluator.topk 5 is more than the model's 2 classes: "
                               "reporting top-1 only") == 1
+
+
+def test_limit_draws_across_the_classes(tmp_path, capsys):
+    """`davit test --limit 8` on two sorted classes of ten: four images of each class, evenly
+    strided, the same ones every run, and one log line that says so (not the first 8 files,
+    which are all of class a)."""
+    data = tmp_path / "data"
+    for label in ("a", "b"):
+        (data / label).mkdir(parents=True)
+        for i in range(10):
+            Image.new("RGB", (32, 32), (20 * i, 200, 0)).save(data / label / f"{i}.png")
+    checkpoint = tmp_path / "two.pth"
+    arch = load_config(DIGITS)["model"]["backbone"]["arch"]
+    torch.save(DaViTClassifier(arch, num_classes=2).state_dict(), checkpoint)
+    argv = [str(DIGITS), str(checkpoint), "--device", "cpu", "--num-workers", "0", "--limit", "8",
+            "--cfg-options", "model.head.num_classes=2", f"test_dataloader.dataset.data_root={data}"]
+    picked = []
+    for run in ("one", "two"):
+        out = tmp_path / f"{run}.json"
+        assert run_subcommand("test", [*argv, "--work-dir", str(tmp_path / run), "--out", str(out)]) == 0
+        err = capsys.readouterr().err
+        assert "--limit 8: evaluating 8 of 20 images, drawn evenly from 2 of 2 classes" in err
+        assert "\r" not in err  # no progress bar redraws in a captured log
+        picked.append([(r["path"], r["gt_label"]) for r in json.loads(out.read_text())])
+    assert picked[0] == picked[1]
+    assert [label for _, label in picked[0]] == [0] * 4 + [1] * 4
+    assert [Path(path).name for path, _ in picked[0]] == ["1.png", "3.png", "6.png", "8.png"] * 2

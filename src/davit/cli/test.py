@@ -40,7 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first image that cannot be read (default: count it "
                              "as failed and go on)")
-    parser.add_argument("--limit", type=positive_int, help="evaluate only the first N images")
+    parser.add_argument("--limit", type=positive_int, metavar="N",
+                        help="evaluate only N images, drawn evenly from every class (an evenly "
+                             "strided share of each class's images, the same ones every run), "
+                             "not the first N files; a log line says how many of how many "
+                             "classes")
     parser.add_argument("--launcher", choices=["none", "pytorch"],
                         help="accepted for mmpretrain compatibility; torchrun's environment "
                              "decides, and 'pytorch' requires it")

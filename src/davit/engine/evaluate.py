@@ -4,9 +4,13 @@
 mmpretrain-style config, loads the checkpoint strictly and reports mmpretrain's
 ``accuracy/top1`` and ``accuracy/top5`` (percent). Under ``torchrun --nproc_per_node N`` each
 process evaluates every N-th image and rank 0 computes the metrics from all predictions.
+
+``--limit N`` evaluates N images drawn across the classes (:func:`limited`), never the first N
+files, which in a class-folder dataset would be one or two classes and a meaningless accuracy.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -84,6 +88,14 @@ def evaluate(options: EvaluationOptions) -> None:
     transform = test_transform(cfg)
     dataset = build_section_dataset(cfg, "test_dataloader", transform, spec.num_classes)
     source = resolve_weights(options.checkpoint)
+    if options.limit is not None and options.limit < len(dataset):
+        total, classes = len(dataset), len({label for _, label in dataset.samples})
+        dataset = limited(dataset, options.limit)
+        if os.environ.get("RANK", "0") == "0":  # rank 0 of torchrun, or the only process
+            drawn = len({label for _, label in dataset.samples})
+            print(f"--limit {options.limit}: evaluating {len(dataset)} of {total} images, drawn "
+                  f"evenly from {drawn} of {classes} classes (the same images every run)",
+                  file=sys.stderr)
     run = _Evaluation(cfg, spec, evaluator, dataset, distributed.select_device(options.device))
     distributed.init_distributed(run.device)
     run.world = distributed.get_world_size()
@@ -104,7 +116,7 @@ def _predict(run: _Evaluation, options: EvaluationOptions, source: str) -> None:
         run.class_names = list(card.class_names) if card.class_names is not None else None
     model.to(run.device).eval()
 
-    length = min(len(run.dataset), options.limit or len(run.dataset))
+    length = len(run.dataset)  # already cut to --limit
     if main_process:
         print(f"evaluating {options.checkpoint} (embed_dims={list(run.spec.arch.embed_dims)}, "
               f"depths={list(run.spec.arch.depths)}, semantics={run.spec.semantics}) on {length} "
@@ -119,7 +131,7 @@ def _predict(run: _Evaluation, options: EvaluationOptions, source: str) -> None:
     started = time.perf_counter()
     amp = AMP_DTYPES[options.amp] if options.amp else None
     records = predict(model, loader, run.device, amp, report_k(run.evaluator, run.spec.num_classes),
-                      options.strict, progress=main_process)
+                      options.strict, progress=main_process and sys.stderr.isatty())  # no bar in a log file
     records = gather_records(records)
     if not main_process:
         return
@@ -129,6 +141,32 @@ def _predict(run: _Evaluation, options: EvaluationOptions, source: str) -> None:
         record["path"] = str(run.dataset.samples[record["index"]][0])
     check_readable(records, "images")
     run.records, run.seconds = records, time.perf_counter() - started
+
+
+def limited(dataset: LabelledImageDataset, limit: int) -> LabelledImageDataset:
+    """A copy of ``dataset`` with ``limit`` of its images, drawn across its classes: each class
+    gets an equal share (one more for the first classes in label order when ``limit`` does not
+    divide evenly; a class with too few images gives its rest to the others), and a class's share
+    is evenly strided over its images in dataset order. Deterministic, no randomness: the same
+    subset every run, kept in dataset order."""
+    by_class: dict[int, list[int]] = {}
+    for index, (_, label) in enumerate(dataset.samples):
+        by_class.setdefault(label, []).append(index)
+    labels = sorted(by_class)
+    quota = dict.fromkeys(labels, 0)
+    left = min(limit, len(dataset.samples))
+    while left:
+        for label in labels:
+            if left and quota[label] < len(by_class[label]):
+                quota[label] += 1
+                left -= 1
+    chosen = sorted(by_class[label][int((j + 0.5) * len(by_class[label]) / quota[label])]
+                    for label in labels for j in range(quota[label]))
+    subset = copy.copy(dataset)
+    subset.samples = [dataset.samples[i] for i in chosen]
+    if isinstance(getattr(dataset, "line_numbers", None), list):  # AnnotatedImageDataset
+        subset.line_numbers = [dataset.line_numbers[i] for i in chosen]  # type: ignore[attr-defined]
+    return subset
 
 
 def _report(run: _Evaluation, options: EvaluationOptions) -> None:
@@ -185,7 +223,8 @@ def _draw_predictions(records: list[dict], model_names: list[str] | None, class_
     ``show_dir``); returns how many."""
     pictures = PredictionPictures(folder)
     done = [r for r in records if "error" not in r]
-    for record in tqdm(done, unit="img", desc="show-dir", file=sys.stderr, dynamic_ncols=True):
+    for record in tqdm(done, unit="img", desc="show-dir", file=sys.stderr, dynamic_ncols=True,
+                       disable=None):  # None: no bar when stderr is not a terminal
         topk = [ClassScore(label, score, model_names[label] if model_names else None)
                 for label, score in zip(record["topk_labels"], record["topk_scores"])]
         truth, names = record["gt_label"], class_names or model_names
