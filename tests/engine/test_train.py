@@ -239,8 +239,16 @@ def test_finetune_from_a_checkpoint_with_other_classes(colours, tmp_path, capsys
                   "train_dataloader.batch_size=8", "train_dataloader.num_workers=0",
                   "val_dataloader.num_workers=0", "train_dataloader.dataset.pipeline.1.scale=32",
                   "val_dataloader.dataset.pipeline.1.scale=32",
-                  "val_dataloader.dataset.pipeline.2.crop_size=32", "train_cfg.max_epochs=2"]) == 0
+                  "val_dataloader.dataset.pipeline.2.crop_size=32", "train_cfg.max_epochs=2",
+                  "default_hooks.checkpoint.max_keep_ckpts=None"]) == 0
     out = capsys.readouterr().out
+    # Without max_keep_ckpts: the resumable latest.pth and the weights-only best.pth, no epoch_N.
+    assert sorted(p.name for p in work.glob("*.pth")) == ["best.pth", "latest.pth"]
+    best = _load(work / "best.pth")
+    assert not {"optimizer", "scheduler", "rng", "scaler"} & set(best) and "meta" in best
+    assert (work / "best.pth").stat().st_ino != (work / "latest.pth").stat().st_ino
+    assert {"optimizer", "scheduler", "rng"} <= set(_load(work / "latest.pth"))
+    assert get_model(str(work / "best.pth")).num_classes == 3
     assert "using the 3 classes of the training set" in out
     assert out.count("val_evaluator.topk 5 is more than the model's 3 classes: reporting top-1 only") == 1
     state = _load(work / "latest.pth")["state_dict"]
@@ -250,8 +258,43 @@ def test_finetune_from_a_checkpoint_with_other_classes(colours, tmp_path, capsys
     trained = [k for k in before if k.startswith("backbone.stages.3.") and k.endswith("weight")]
     assert all(torch.equal(state[k], before[k]) for k in frozen)
     assert not any(torch.equal(state[k], before[k]) for k in trained)
+    # The saved config is the config as run: tools/test.py evaluates best.pth on the user's
+    # validation data (test = val) with the trained class count, with no options.
     dumped = load_config(work / FINETUNE_CONFIG.name)
     assert dumped["model"]["head"]["num_classes"] == 3
+    assert dumped["load_from"] == str(tmp_path / "pretrained.pth")
+    assert dumped["test_dataloader"]["dataset"]["data_root"] == str(colours / "val")
+    for section in (dumped.get("data_preprocessor"), dumped["model"].get("data_preprocessor")):
+        assert not isinstance(section, dict) or section.get("num_classes", 3) == 3
+    assert run_subcommand("test", [str(work / FINETUNE_CONFIG.name), str(work / "best.pth"),
+                                   "--device", "cpu", "--work-dir", str(tmp_path / "test")]) == 0
+    metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())
+    assert metrics["accuracy/top1"] == pytest.approx(best["metrics"]["accuracy/top1"])
+    # --resume auto continues from latest.pth (best.pth is not a resumable state).
+    assert train([str(work / FINETUNE_CONFIG.name), "--work-dir", str(work), "--device", "cpu",
+                  "--resume", "auto", "--cfg-options", "train_cfg.max_epochs=3"]) == 0
+    assert _load(work / "latest.pth")["epoch"] == 3
+    assert sorted(p.name for p in work.glob("*.pth")) == ["best.pth", "latest.pth"]
+
+
+def test_from_scratch_is_logged_and_a_bad_load_from_names_the_way_out(colours, tmp_path, capsys):
+    config = _tiny_config(tmp_path / "tiny.py", colours, train_cfg="dict(max_epochs=1)")
+    code, out = _run([str(config), "--work-dir", str(tmp_path / "w"), "--device", "cpu"], capsys)
+    assert code == 0 and out.count("training starts from random weights") == 1
+    code, out = _run([str(config), "--work-dir", str(tmp_path / "w2"), "--device", "cpu",
+                      "--cfg-options", f"load_from={tmp_path / 'missing.pth'}"], capsys)
+    assert code == 1 and "--cfg-options load_from=None" in out and "Traceback" not in out
+
+
+def test_an_empty_class_folder_and_differing_class_folders(colours, tmp_path, capsys):
+    config = _tiny_config(tmp_path / "tiny.py", colours)
+    (colours / "train" / "class_9").mkdir()
+    code, out = _run([str(config), "--work-dir", str(tmp_path / "w"), "--device", "cpu"], capsys)
+    assert code == 1 and str(colours / "train" / "class_9") in out and "hold no images" in out
+    (colours / "train" / "class_9").rmdir()
+    (colours / "val" / "class_2").rename(colours / "val" / "class_x")
+    code, out = _run([str(config), "--work-dir", str(tmp_path / "w"), "--device", "cpu"], capsys)
+    assert code == 1 and "only in validation: class_x; only in training: class_2" in out
 
 
 def test_the_digits_config_reads_what_prepare_digits_writes():

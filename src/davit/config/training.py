@@ -52,7 +52,14 @@ class RuntimeSpec:
     val_interval: int
     val_begin: int
     checkpoint_interval: int
+    #: ``default_hooks.checkpoint.max_keep_ckpts``: how many ``epoch_N.pth`` to keep; -1 keeps
+    #: all, and the default 0 (when the config does not set it, or sets None) keeps none: the work dir then
+    #: holds only ``latest.pth`` (resumable) and ``best.pth`` (weights), as each epoch file of
+    #: DaViT-T is 331 MB.
     max_keep: int
+    #: ``default_hooks.checkpoint.save_best``: the metric ``best.pth`` tracks ('auto' is
+    #: accuracy/top1), or None for no ``best.pth``.
+    save_best: str | None
     log_interval: int
     ema_decay: float | None
     seed: int | None
@@ -123,13 +130,31 @@ def runtime_spec(cfg: dict) -> RuntimeSpec:
         val_interval=integer(train_cfg, "val_interval", "train_cfg", 1, minimum=1),
         val_begin=integer(train_cfg, "val_begin", "train_cfg", 1, minimum=0),
         checkpoint_interval=integer(checkpoint_hook, "interval", "default_hooks.checkpoint", 1, minimum=1),
-        max_keep=integer(checkpoint_hook, "max_keep_ckpts", "default_hooks.checkpoint", -1, minimum=-1),
+        max_keep=0 if checkpoint_hook.get("max_keep_ckpts") is None else
+        integer(checkpoint_hook, "max_keep_ckpts", "default_hooks.checkpoint", minimum=-1),
+        save_best=_save_best(checkpoint_hook),
         log_interval=integer(logger_hook, "interval", "default_hooks.logger", 50, minimum=1),
         ema_decay=_ema_decay(cfg),
         seed=None if seed is None else integer(randomness, "seed", "randomness", minimum=0),
         deterministic=flag(randomness, "deterministic", "randomness", False),
         cudnn_benchmark=flag(subsection(cfg, "env_cfg"), "cudnn_benchmark", "env_cfg", False),
         load_from=_text(cfg, "load_from"), resume=_resume(cfg), work_dir=_text(cfg, "work_dir"))
+
+
+BEST_METRICS = ("accuracy/top1", "accuracy/top5")
+
+
+def _save_best(hook: dict) -> str | None:
+    """``save_best``: 'auto' (the default, accuracy/top1), a metric name, or None/False."""
+    value = hook.get("save_best", "auto")
+    if value in (None, False, ""):
+        return None
+    if value == "auto":
+        return BEST_METRICS[0]
+    if value not in BEST_METRICS:
+        raise ConfigError(f"default_hooks.checkpoint.save_best must be 'auto', None or one of "
+                          f"{', '.join(BEST_METRICS)}, got {value!r}")
+    return str(value)
 
 
 def _text(cfg: dict, key: str) -> str | None:

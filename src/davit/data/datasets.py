@@ -168,6 +168,17 @@ class ClassFolderDataset(LabelledImageDataset):
             raise DatasetError(f"{root} has no class sub-folders and no annotation file was "
                                "given; put each class's images in a sub-folder, or set "
                                f"{section}.dataset.ann_file")
+        files = {folder: image_files(root / folder) for folder in folders}
+        empty = [folder for folder in folders if not files[folder]]
+        if len(empty) == len(folders):
+            raise DatasetError(f"found no images ({', '.join(IMAGE_EXTENSIONS)}) in the class "
+                               f"sub-folders of {root}")
+        if empty and not imagenet_synsets:
+            # Every sub-folder is a class: an empty one would silently add a class that is
+            # never trained (and the error a user sees is about the class count).
+            raise DatasetError(f"the class folder(s) {', '.join(str(root / f) for f in empty)} "
+                               f"hold no images ({', '.join(IMAGE_EXTENSIONS)}); add images "
+                               "or remove the folder(s)")
         if imagenet_synsets:
             labels = _synset_labels(root, folders, section)
             classes = imagenet_classes()
@@ -181,19 +192,10 @@ class ClassFolderDataset(LabelledImageDataset):
                 raise DatasetError(f"{root} has {len(folders)} class sub-folders but the model "
                                    f"has {num_classes} classes; use a model with "
                                    f"{len(folders)} classes (model.head.num_classes)")
-        samples: list[tuple[Path, int]] = []
-        empty: list[str] = []
-        for folder in folders:
-            files = image_files(root / folder)
-            if not files:
-                empty.append(folder)
-            samples.extend((root / folder / name, labels[folder]) for name in files)
+        samples = [(root / folder / name, labels[folder]) for folder in folders for name in files[folder]]
         if empty:
             logger.warning("no images (%s) in the class folder(s) %s of %s",
                            ", ".join(IMAGE_EXTENSIONS), ", ".join(empty), root)
-        if not samples:
-            raise DatasetError(f"found no images ({', '.join(IMAGE_EXTENSIONS)}) in the class "
-                               f"sub-folders of {root}")
         super().__init__(samples, transform, classes, num_classes, source=str(root))
 
 

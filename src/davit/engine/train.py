@@ -49,7 +49,7 @@ from ..config.training import (
     with_num_classes,
 )
 from ..data.datasets import LabelledImageDataset
-from ..errors import CheckpointMismatchError, DatasetError, InvalidArgumentError, TrainError
+from ..errors import CheckpointMismatchError, DatasetError, DavitError, InvalidArgumentError, TrainError
 from ..resolve import resolve_weights
 from . import distributed
 from .optim import build_optimizer, build_scheduler, scaled_lr
@@ -134,7 +134,9 @@ def train(options: TrainOptions, session: TrainSession) -> None:
     recorder = TrainRecorder(work_dir, state.step if checkpoint is not None else None) \
         if rank == 0 else None
     if rank == 0:
-        dump_config(cfg, work_dir / Path(options.config).name)
+        original = load_config(options.config, [])
+        dump_config(as_run_config(cfg, original, plan.num_classes, runtime.load_from),
+                    work_dir / Path(options.config).name)
         _log_start(options, data, plan, state, resume if checkpoint is not None else None)
     try:
         Trainer(state, plan, loaders, recorder, session.stop).train()
@@ -170,12 +172,70 @@ def _datasets(cfg: dict, validate: bool) -> _Data:
         transform = test_transform(cfg, "val_dataloader")
         val_set = build_section_dataset(cfg, "val_dataloader", transform, spec.model.num_classes)
         if val_set.classes and train_set.classes and val_set.classes != train_set.classes:
+            only_val = sorted(set(val_set.classes) - set(train_set.classes))
+            only_train = sorted(set(train_set.classes) - set(val_set.classes))
             raise DatasetError(
-                f"the validation class folders of {val_set.source} "
-                f"({', '.join(val_set.classes[:5])}, ...) differ from the training ones of "
-                f"{train_set.source} ({', '.join(train_set.classes[:5])}, ...); labels follow "
-                "the sorted folder names, so both need the same folders")
+                f"the validation class folders of {val_set.source} differ from the training "
+                f"ones of {train_set.source}: only in validation: {_names(only_val)}; only in "
+                f"training: {_names(only_train)}; labels follow the sorted folder names, so "
+                "both need the same folders")
     return _Data(spec, train_set, val_set)
+
+
+def _names(names: Sequence[str], shown: int = 10) -> str:
+    if not names:
+        return "none (the same names in another order)"
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+DATA_KEYS = ("data_root", "ann_file", "data_prefix", "split")
+
+
+def as_run_config(cfg: dict, original: dict, num_classes: int, load_from: object) -> dict:
+    """The config as run, which training saves in its work dir so that ``tools/test.py
+    <work_dir>/<config>.py <work_dir>/best.pth`` evaluates the trained model on the user's data:
+
+    * the class count actually used is written into ``model.head.num_classes`` and every other
+      ``num_classes`` of the config (``data_preprocessor``, ``model.data_preprocessor``);
+    * ``load_from`` is the value actually used (None when training from random weights);
+    * ``test_dataloader`` follows ``val_dataloader`` (mmpretrain's convention for custom data,
+      ``test_dataloader = val_dataloader``) when, in the config as written (``original``, without
+      --cfg-options), the test set was the validation set, the options changed the validation
+      set's data keys (data_root, ann_file, data_prefix, split) and left the test set's alone.
+    """
+    cfg = dict(cfg)
+    model = dict(cfg.get("model") or {})
+    head = dict(model.get("head") or {})
+    if head:
+        head["num_classes"] = num_classes
+        model["head"] = head
+    if isinstance(model.get("data_preprocessor"), dict) and "num_classes" in model["data_preprocessor"]:
+        model["data_preprocessor"] = {**model["data_preprocessor"], "num_classes": num_classes}
+    if model:
+        cfg["model"] = model
+    if isinstance(cfg.get("data_preprocessor"), dict) and "num_classes" in cfg["data_preprocessor"]:
+        cfg["data_preprocessor"] = {**cfg["data_preprocessor"], "num_classes": num_classes}
+    cfg["load_from"] = load_from or None
+
+    def dataset(config: dict, section: str) -> dict:
+        loader = config.get(section)
+        value = loader.get("dataset") if isinstance(loader, dict) else None
+        return value if isinstance(value, dict) else {}
+
+    def data_keys(config: dict, section: str) -> dict:
+        return {key: dataset(config, section).get(key) for key in DATA_KEYS}
+
+    val, test = data_keys(cfg, "val_dataloader"), data_keys(cfg, "test_dataloader")
+    was_val, was_test = data_keys(original, "val_dataloader"), data_keys(original, "test_dataloader")
+    if (dataset(cfg, "test_dataloader") and was_test == was_val and test == was_test
+            and val != was_val):
+        test_loader = dict(cfg["test_dataloader"])
+        test_loader["dataset"] = {**test_loader["dataset"],
+                                  **{k: v for k, v in dataset(cfg, "val_dataloader").items()
+                                     if k in DATA_KEYS}}
+        cfg["test_dataloader"] = test_loader
+    return cfg
 
 
 def _build_state(data: _Data, runtime: RuntimeSpec, options: TrainOptions, device: torch.device,
@@ -192,7 +252,15 @@ def _build_state(data: _Data, runtime: RuntimeSpec, options: TrainOptions, devic
             except CheckpointMismatchError as error:
                 raise TrainError(f"load_from={runtime.load_from!r} does not fit the configured "
                                  f"model: {error}") from None
+            except DavitError as error:
+                raise TrainError(f"cannot load load_from={runtime.load_from!r}: "
+                                 f"{' '.join(str(error).split())}; to train from random weights "
+                                 "instead pass --cfg-options load_from=None") from None
         logger.info("loaded the weights of %s (load_from)", runtime.load_from)
+    elif load_weights and rank == 0:
+        logger.warning("load_from is not set: training starts from random weights; to fine-tune "
+                       "pretrained weights set load_from (--cfg-options load_from=NAME_OR_PATH, "
+                       "names: davit list --pretrained)")
     model.to(device)
     ema = None
     if runtime.ema_decay is not None:

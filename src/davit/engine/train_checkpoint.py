@@ -6,8 +6,20 @@ A checkpoint is a dict of tensors and plain containers, readable with
 ``scaler``, ``state_dict_ema`` and ``ema_n_averaged``, the counters ``epoch``, ``epoch_iter``
 and ``iteration``, ``rng`` (every process's generator states), ``best``, ``metrics`` and
 ``meta`` (seed, process count, batch size, model, config and the model card, see
-:mod:`davit.checkpoint.card`). Files are written atomically;
-``latest.pth`` and ``best.pth`` are links to the newest and the best one.
+:mod:`davit.checkpoint.card`). Files are written atomically.
+
+The work dir holds:
+
+* ``latest.pth``: the full, resumable state after the newest epoch (or ``--checkpoint-iters``
+  step); ``--resume auto`` reads it.
+* ``best.pth``: what inference needs only (``state_dict``, ``meta`` with the model card,
+  ``epoch``, ``best``, ``metrics``; no optimizer, schedule or random states), written as its own
+  file whenever the ``default_hooks.checkpoint.save_best`` metric ('auto': accuracy/top1)
+  improves; none with ``save_best=None``. :func:`davit.get_model` and ``tools/test.py`` load it.
+* ``epoch_N.pth``: full states every ``interval`` epochs, the newest ``max_keep_ckpts`` of them
+  kept (-1: all). Without ``max_keep_ckpts`` in the config none are written (each is 331 MB for
+  DaViT-T): ``latest.pth`` and ``best.pth`` only. ``latest.pth`` is a hard link to the newest
+  ``epoch_N.pth`` (or ``iter_N.pth``) where one is written.
 """
 from __future__ import annotations
 
@@ -174,6 +186,16 @@ def save_training_checkpoint(state: TrainState, path: Path, meta: dict[str, Any]
             link_atomic(path, latest)
     distributed.barrier()
     state.last_checkpoint = path
+
+
+def save_weights_checkpoint(state: TrainState, path: Path, meta: dict[str, Any],
+                            metrics: dict[str, float]) -> None:
+    """Write what inference needs only (the model's ``state_dict``, ``meta`` with the model
+    card, the epoch and metrics) to ``path``, a file of its own. Rank 0 writes."""
+    if distributed.is_main_process():
+        save_atomic({"meta": meta, "state_dict": state.model.state_dict(), "epoch": state.epoch,
+                     "iteration": state.step, "best": state.best, "metrics": metrics}, path)
+    distributed.barrier()
 
 
 def restore(checkpoint: dict, path: Path, state: TrainState, world: int, batch_size: int) -> None:

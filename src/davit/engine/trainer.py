@@ -33,7 +33,7 @@ from .recorder import TrainRecorder
 from .sampling import TrainSampler
 from .session import Interrupted, StopFlag
 from .state import TrainState
-from .train_checkpoint import BEST, LATEST, link_atomic, prune, save_training_checkpoint
+from .train_checkpoint import BEST, LATEST, prune, save_training_checkpoint, save_weights_checkpoint
 
 logger = logging.getLogger("davit")
 
@@ -105,8 +105,8 @@ class Trainer:
             best = s.best
             logger.info("done: %d epochs in %s%s; checkpoints in %s", max_epochs,
                         timedelta(seconds=round(time.perf_counter() - self.started)),
-                        f", best accuracy/top1 {best['accuracy/top1']:.2f} at epoch {best['epoch']}"
-                        if best else "", self.plan.work_dir)
+                        "".join(f", best {k} {v:.2f} at epoch {best['epoch']}"
+                                for k, v in best.items() if k != "epoch"), self.plan.work_dir)
 
     def _validates(self, epoch: int) -> bool:
         runtime = self.plan.runtime
@@ -285,17 +285,23 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _save_epoch(self, metrics: dict[str, float]) -> None:
+        """After an epoch: the full state in ``latest.pth`` (and, every ``interval`` epochs and
+        at the last one, as ``epoch_N.pth`` when ``max_keep_ckpts`` is not 0, pruned to the
+        newest ``max_keep_ckpts``); the weights alone in ``best.pth`` when the ``save_best``
+        metric improved."""
         s, plan = self.state, self.plan
-        improved = "accuracy/top1" in metrics and metrics["accuracy/top1"] > s.best.get("accuracy/top1", -1.0)
-        if improved:
-            s.best = {"accuracy/top1": metrics["accuracy/top1"], "epoch": s.epoch}
+        metric = plan.runtime.save_best
+        improved = metric is not None and metric in metrics and \
+            metrics[metric] > s.best.get(metric, -1.0)
+        if improved and metric is not None:
+            s.best = {metric: metrics[metric], "epoch": s.epoch}
         periodic = s.epoch % plan.runtime.checkpoint_interval == 0 or s.epoch == plan.runtime.max_epochs
-        path = self._save(f"epoch_{s.epoch}.pth" if periodic else None, metrics)
-        if self.main:
-            if improved:
-                link_atomic(path, plan.work_dir / BEST)
-            if periodic and plan.runtime.max_keep > 0:
-                prune(plan.work_dir, "epoch_{}.pth", plan.runtime.max_keep)
+        keep = plan.runtime.max_keep
+        self._save(f"epoch_{s.epoch}.pth" if periodic and keep != 0 else None, metrics)
+        if improved:
+            save_weights_checkpoint(s, plan.work_dir / BEST, plan.meta, metrics)
+        if self.main and periodic and keep > 0:
+            prune(plan.work_dir, "epoch_{}.pth", keep)
 
     def _save(self, name: str | None, metrics: dict[str, float]) -> Path:
         """Write a checkpoint as ``name`` (and make latest.pth the same file), or straight to
