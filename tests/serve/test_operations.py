@@ -27,11 +27,19 @@ def test_token_guards_every_endpoint_but_health(served, photos):
         requests = [("GET", "/v1/models", {}), ("GET", "/metrics", {}), ("GET", "/openapi.json", {}),
                     ("POST", "/v1/predict", {"files": files}), ("POST", "/v1/embed", {"files": files})]
         for method, path, extra in requests:
-            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+            for headers in ({}, {"Authorization": TOKEN}, {"Authorization": f"Basic {TOKEN}"},
+                            {"Authorization": "Bearer"}):
                 answer = http.request(method, path, headers=headers, **extra)
                 assert answer.status_code == 401, (path, headers)
                 assert answer.json()["error"]["code"] == "unauthorized"
+                assert answer.json()["error"]["message"].startswith("this server needs a bearer token")
                 assert answer.headers["www-authenticate"] == "Bearer"
+            answer = http.request(method, path, headers={"Authorization": "Bearer wrong-guess"}, **extra)
+            assert answer.status_code == 401, path
+            assert answer.json()["error"]["code"] == "wrong_token"
+            assert answer.json()["error"]["message"].startswith("the bearer token is wrong; ")
+            assert "wrong-guess" not in answer.text and TOKEN not in answer.text
+            assert answer.headers["www-authenticate"].startswith("Bearer")
             answer = http.request(method, path, headers={"Authorization": f"Bearer {TOKEN}"}, **extra)
             assert answer.status_code == 200, (path, answer.text)
 

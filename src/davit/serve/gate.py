@@ -101,11 +101,19 @@ class Gate:
 
     async def _admit(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
         """Check the token and the body size, then run the app on the body read here."""
-        if self.token is not None and scope["path"] not in self.open_paths and not _authorized(headers, self.token):
-            await self._refuse(scope, send, 401, "unauthorized", "this server needs a bearer token: send "
-                                                                 "'Authorization: Bearer <token>'",
-                               {"WWW-Authenticate": "Bearer"})
-            return
+        if self.token is not None and scope["path"] not in self.open_paths:
+            verdict = _authorization(headers, self.token)
+            if verdict == "missing":
+                await self._refuse(scope, send, 401, "unauthorized", "this server needs a bearer token: send "
+                                                                     "'Authorization: Bearer <token>'",
+                                   {"WWW-Authenticate": "Bearer"})
+                return
+            if verdict == "wrong":  # never echo the token that was sent
+                await self._refuse(scope, send, 401, "wrong_token",
+                                   "the bearer token is wrong; send the token the server was started with "
+                                   "(--token or DAVIT_SERVE_TOKEN)",
+                                   {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+                return
         try:
             length = headers.get("content-length")
             if length is not None and length.isdigit():
@@ -148,9 +156,13 @@ class Gate:
         await response(scope, _no_receive, send)
 
 
-def _authorized(headers: Headers, token: str) -> bool:
+def _authorization(headers: Headers, token: str) -> str:
+    """``"ok"``, ``"missing"`` (no header, another scheme, no credentials) or ``"wrong"``; the
+    token is compared in constant time."""
     scheme, _, credentials = headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), token.encode())
+    if scheme.lower() != "bearer" or not credentials.strip():
+        return "missing"
+    return "ok" if hmac.compare_digest(credentials.strip().encode(), token.encode()) else "wrong"
 
 
 async def _no_receive() -> Message:
