@@ -36,7 +36,10 @@ def test_health_and_request_ids(server):
 
 def test_models_describes_the_card(server, tiny_folder):
     (model,) = server.http.get("/v1/models").json()["data"]
-    assert model["id"] == str(tiny_folder)
+    # the public name (the folder's base name), never the server's path
+    assert model["id"] == tiny_folder.name == "tiny"
+    assert str(tiny_folder.parent) not in server.http.get("/v1/models").text
+    assert str(tiny_folder.parent) not in server.http.get("/openapi.json").text
     assert model["class_names"] == list(CLASSES) and model["num_classes"] == 3
     assert model["preprocessing"]["crop_size"] == 32 and model["input_size"] == [32, 32]
     assert model["tasks"] == ["predict", "embed"] and model["backend"] == "torch"
@@ -47,6 +50,7 @@ def test_predict_multipart_equals_inference_model(server, reference, photos, tmp
     files = [("images", (name, data)) for name, data in photos.items()]
     answer = server.http.post("/v1/predict", files=files, params={"top_k": 2, "scores": "true"})
     assert answer.status_code == 200, answer.text
+    assert answer.json()["model"] == "tiny"  # the public name, not the checkpoint's path
     results = answer.json()["results"]
     for name, data in photos.items():
         (tmp_path / name).write_bytes(data)
@@ -136,3 +140,11 @@ def test_florence2_tower_serves_token_embeddings_and_does_not_classify(photos, t
     assert np.asarray(pooled.json()["results"][0]["embedding"]).shape == want.shape[1:]
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "cannot_classify"
     assert model["tasks"] == ["embed"] and model["token_embeddings"] is True
+
+
+def test_public_name_hides_server_paths():
+    from davit.serve.model import public_name
+    assert public_name("/srv/models/run7/best.pt") == "best.pt"
+    assert public_name("/srv/models/tiny/") == "tiny"
+    assert public_name("davit_tiny") == "davit_tiny"
+    assert public_name('{"embed_dims": [8]}') == '{"embed_dims": [8]}'

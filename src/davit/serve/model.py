@@ -7,7 +7,9 @@ runtimes hold the classifier only), with :mod:`davit.engine.embed`'s definition 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -83,4 +85,26 @@ def load_served_model(source: str, checkpoint: str | None = None, random_weights
     classifies = getattr(model, "head", None) is not None
     classifier = open_backend(model, backend, dtype=dtype, input_size=input_size, threads=threads) \
         if classifies else None
-    return ServedModel(source, model, classifier, backend, dtype, preprocessing.transform(), input_size)
+    return ServedModel(public_name(source, card), model, classifier, backend, dtype, preprocessing.transform(),
+                       input_size)
+
+
+def public_name(source: str, card: Any = None) -> str:
+    """The name the server answers with for ``source``: the card's name when it has one, a zoo
+    name (or architecture) as given, else the base name of the checkpoint file or folder, so that
+    no client learns the server's file paths."""
+    named = getattr(card, "name", None)
+    if isinstance(named, str) and named.strip():
+        return named.strip()
+    if source.lstrip().startswith("{"):  # an architecture record, not a path
+        return source
+    if os.sep in source or (os.altsep is not None and os.altsep in source) or _exists(source):
+        return Path(source.rstrip("/\\")).name or "model"
+    return source
+
+
+def _exists(source: str) -> bool:
+    try:
+        return Path(source).exists()
+    except (OSError, ValueError):
+        return False
