@@ -39,7 +39,7 @@ def test_tokens_to_safetensors_and_an_unreadable_image_is_reported(tmp_path, cap
     array, listed = load_embeddings(out)
     assert array.shape == (2, 5, 48) and listed == [str(p) for p in paths]
     err = capsys.readouterr().err
-    assert f"davit embed: error: {bad}" in err
+    assert f"davit embed: warning: {bad}" in err
     from safetensors import safe_open
 
     with safe_open(str(out), framework="np") as f:
@@ -51,3 +51,18 @@ def test_bad_output_name_fails_before_the_model_loads(tmp_path, capsys):
     paths = write_images(tmp_path, 1)
     assert run_subcommand("embed", [str(paths[0]), "--out", str(tmp_path / "emb.csv")]) == 1
     assert ".safetensors" in capsys.readouterr().err
+
+
+def test_random_weights_are_offline_and_the_same_twice(tmp_path, capsys):
+    paths = write_images(tmp_path / "imgs", 1)
+    arrays = []
+    for name in ("a.npy", "b.npy"):
+        assert run_subcommand("embed", [str(paths[0]), "--model", TINY_MODEL, "--random-weights",
+                                        "--out", str(tmp_path / name), "--num-workers", "0",
+                                        "--device", "cpu"]) == 0
+        arrays.append(load_embeddings(tmp_path / name)[0])
+    np.testing.assert_array_equal(arrays[0], arrays[1])
+    assert run_subcommand("embed", [str(paths[0]), "--model", TINY_MODEL, "--random-weights",
+                                    "--seed", "1", "--out", str(tmp_path / "c.npy"),
+                                    "--num-workers", "0", "--device", "cpu"]) == 0
+    assert not np.array_equal(arrays[0], load_embeddings(tmp_path / "c.npy")[0])

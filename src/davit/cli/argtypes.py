@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
 
 from ..model import SEMANTICS
 
@@ -69,3 +73,23 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     """``--device``, with the rule torchrun runs follow."""
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available); "
                                           "under torchrun each process takes GPU LOCAL_RANK")
+
+
+def add_random_weights(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--random-weights`` (build the model without weights: offline, nothing downloaded) and
+    ``--seed N`` (default 0), the seed the random weights are drawn from; ``what`` says what the
+    command's output then means. Build the model under :func:`weights_seed`."""
+    parser.add_argument("--random-weights", action="store_true",
+                        help=f"build the model with random weights (offline: nothing is downloaded; {what})")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="the random weights are drawn from this seed, so the same command gives "
+                             "the same answer (default: 0)")
+
+
+@contextmanager
+def weights_seed(seed: int) -> Iterator[None]:
+    """Run the block (a model build) with torch's generator seeded with ``seed``, leaving the
+    global random state as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

@@ -13,7 +13,7 @@ from ..resolve import model_and_weights
 from ..vis.cam import CAM_METHODS, class_activation_map
 from ..vis.drawing import DISPLAY_SIZE, describe_class, with_caption
 from .app import print_error
-from .argtypes import add_device, add_model_and_checkpoint, non_negative_int
+from .argtypes import add_device, add_model_and_checkpoint, add_random_weights, non_negative_int, weights_seed
 
 DESCRIPTION = """Save, for each image, its class activation map (grad-cam) laid over the part of
 the image the model sees (its centre crop; what the crop leaves out is dimmed) as
@@ -22,12 +22,11 @@ OUT_DIR/<image stem>_<method>_class<N>.png. An unreadable image is reported and 
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--checkpoint``, ``--random-weights``, ``--device`` and ``--display-size``,
+    """``--model``, ``--checkpoint``, ``--random-weights``, ``--seed``, ``--device`` and ``--display-size``,
     shared by the picture subcommands."""
     add_model_and_checkpoint(parser, DEFAULT_MODEL)
-    parser.add_argument("--random-weights", action="store_true",
-                        help="build the model with random weights (offline; the pictures then show the "
-                             "architecture, not what a trained model learned)")
+    add_random_weights(parser, "the pictures then show the architecture, not what a trained "
+                               "model learned")
     add_device(parser)
     parser.add_argument("--display-size", type=non_negative_int, default=DISPLAY_SIZE,
                         help=f"longest side of the saved pictures in pixels; 0 keeps the image's "
@@ -37,7 +36,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 def load_model(args: argparse.Namespace) -> Model:
     """The model the options of :func:`add_model_options` name."""
     model, weights = model_and_weights(args.model, args.checkpoint, args.random_weights, DEFAULT_MODEL)
-    return get_model(model, pretrained=weights, device=args.device)
+    with weights_seed(args.seed):
+        return get_model(model, pretrained=weights, device=args.device)
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

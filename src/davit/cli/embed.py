@@ -6,8 +6,7 @@ import sys
 
 from ..engine.embed import DEFAULT_MODEL, EmbedOptions, embed_files
 from ..engine.predict import DTYPES
-from .app import print_error
-from .argtypes import add_checkpoint, non_negative_int, positive_int
+from .argtypes import add_checkpoint, add_random_weights, non_negative_int, positive_int, weights_seed
 
 DESCRIPTION = """Embed images: one vector per image (the pooled image token of a Florence-2
 encoder; for a classifier, the pooled and normalised features before its head, i.e.
@@ -27,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="zoo name, checkpoint, folder or hf-hub: name (default: "
                              f"{DEFAULT_MODEL})")
     add_checkpoint(parser)
+    add_random_weights(parser, "the embeddings then show the pipeline, not a trained model's features")
     parser.add_argument("--out", required=True, metavar="FILE",
                         help="output .npy (paths in FILE.paths.txt), .npz or .safetensors")
     parser.add_argument("--tokens", action="store_true",
@@ -47,10 +47,11 @@ def run(args: argparse.Namespace) -> int:
     options = EmbedOptions(inputs=tuple(args.inputs), out=args.out, model=args.model,
                            checkpoint=args.checkpoint, tokens=args.tokens,
                            batch_size=args.batch_size, num_workers=args.num_workers,
-                           dtype=args.dtype, device=args.device)
-    result = embed_files(options)
+                           dtype=args.dtype, device=args.device, random_weights=args.random_weights)
+    with weights_seed(args.seed):
+        result = embed_files(options)
     for message in result.failures:
-        print_error(args.prog, message)
+        print(f"{args.prog}: warning: {' '.join(str(message).split())}", file=sys.stderr)
     print(f"{args.prog}: {len(result.sources)} embedding(s) of shape {result.array.shape[1:]} "
           f"written to {args.out}", file=sys.stderr)
     return 1 if result.failures else 0

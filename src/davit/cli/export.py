@@ -9,7 +9,7 @@ from ..api import get_model
 from ..errors import InvalidArgumentError
 from ..export import FORMATS, export_model, format_of
 from ..export.openvino import export_openvino_int8
-from .argtypes import add_checkpoint, add_semantics, positive_int
+from .argtypes import add_checkpoint, add_random_weights, add_semantics, positive_int, weights_seed
 
 # the photos the exports are checked on by default, when this is a source checkout
 DEMO_PHOTOS = Path(__file__).resolve().parents[3] / "demo"
@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                        "with its .bin beside it)")
     parser.add_argument("--format", choices=FORMATS, help="default: the one the output's suffix names")
     add_checkpoint(parser)
-    parser.add_argument("--random-weights", action="store_true", help="export without weights")
+    add_random_weights(parser, "the export then has the architecture, not trained weights")
     parser.add_argument("--num-classes", type=positive_int, help="default: the checkpoint's")
     parser.add_argument("--input-size", nargs=2, type=positive_int, metavar=("H", "W"),
                         help="image height and width (default: the model card's crop size)")
@@ -61,8 +61,9 @@ def run(args: argparse.Namespace) -> int:
     export_format = args.format or _format_of(args.output)
     _check_int8_options(args, export_format)
     pretrained = args.checkpoint if args.checkpoint else not args.random_weights
-    model = get_model(args.model, pretrained=pretrained, semantics=args.semantics,
-                      num_classes=args.num_classes)
+    with weights_seed(args.seed):
+        model = get_model(args.model, pretrained=pretrained, semantics=args.semantics,
+                          num_classes=args.num_classes)
     input_size = tuple(args.input_size) if args.input_size else _card_input_size(model)
     if args.int8:
         out, report = export_openvino_int8(model, Path(args.output), args.calibration, args.holdout,

@@ -6,7 +6,7 @@ import os
 
 from ..errors import require
 from ..runtime import BACKENDS, RUNTIME_DTYPES
-from .argtypes import add_checkpoint, port, positive_int
+from .argtypes import add_checkpoint, add_random_weights, port, positive_int, weights_seed
 
 TOKEN_VARIABLE = "DAVIT_SERVE_TOKEN"
 
@@ -38,8 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="zoo name, architecture name or JSON, checkpoint file, save_pretrained folder "
                              "or hf-hub: name")
     add_checkpoint(parser)
-    parser.add_argument("--random-weights", action="store_true",
-                        help="serve random weights (no download; for trying the server out)")
+    add_random_weights(parser, "for trying the server out")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, "
                                                             "this machine only)")
     parser.add_argument("--port", type=port, default=8000, help="port (default: 8000)")
@@ -76,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
                     max_images=args.max_images, timeout_s=args.timeout)
     settings = ServeSettings(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, limits=limits,
                              token=args.token or os.environ.get(TOKEN_VARIABLE) or None, top_k=args.top_k)
-    served = load_served_model(args.model, checkpoint=args.checkpoint, random_weights=args.random_weights,
-                               backend=args.backend, dtype=args.dtype, threads=args.threads)
+    with weights_seed(args.seed):
+        served = load_served_model(args.model, checkpoint=args.checkpoint, random_weights=args.random_weights,
+                                   backend=args.backend, dtype=args.dtype, threads=args.threads)
     run_server(served, settings, args.host, args.port)
     return 0

@@ -53,6 +53,7 @@ class EmbedOptions:
     num_workers: int = 2
     dtype: str = "fp32"  # one of predict.DTYPES; bf16/fp16 run under autocast
     device: str | None = None  # default: cuda when available
+    random_weights: bool = False  # build the model without weights (offline; seed torch first)
 
 
 @dataclass
@@ -98,7 +99,10 @@ def embed_files(options: EmbedOptions) -> Embeddings:
         raise InvalidArgumentError("batch_size must be positive and num_workers at least 0")
     target = resolve_device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     amp = autocast_dtype(options.dtype, target)
-    model = get_model(options.model, pretrained=options.checkpoint or True, device=target)
+    if options.random_weights and options.checkpoint:
+        raise InvalidArgumentError("--random-weights and --checkpoint exclude each other; pass one")
+    pretrained: bool | str = False if options.random_weights else options.checkpoint or True
+    model = get_model(options.model, pretrained=pretrained, device=target)
     result = compute_embeddings(model, paths, not options.tokens, options.batch_size,
                                 options.num_workers, amp, target, len(paths) >= PROGRESS_MIN)
     result.sources = [str(path) for path in result.sources]
