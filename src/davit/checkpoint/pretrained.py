@@ -23,6 +23,7 @@ from huggingface_hub import HfApi
 from ..errors import CheckpointError, InvalidArgumentError
 from ..model.archs import ARCHS
 from ..model.classifier import DaViTClassifier
+from ..model.florence2 import Florence2Encoder
 from .card import ModelCard, Preprocessing, card_of, default_card
 from .formats import from_davit
 from .io import replacing, save_state_dict_file
@@ -58,12 +59,14 @@ def pretrained_config(card: ModelCard, num_features: int) -> dict[str, Any]:
     return {**config, _CARD_ENTRY: card.to_dict()}
 
 
-def save_pretrained(model: DaViTClassifier, folder: str | Path) -> Path:
-    """Write ``model`` (a :class:`~davit.model.DaViTClassifier`) to ``folder`` as ``config.json``
+def save_pretrained(model: DaViTClassifier | Florence2Encoder, folder: str | Path) -> Path:
+    """Write ``model`` (a :class:`~davit.model.DaViTClassifier` or a
+    :class:`~davit.model.Florence2Encoder`, with or without projector and head) to ``folder`` as ``config.json``
     and ``model.safetensors`` (see the module docstring for the two layouts); returns the folder.
     Each file is written atomically and only once both are ready in memory."""
-    if not isinstance(model, DaViTClassifier):
-        raise InvalidArgumentError(f"save_pretrained takes a DaViT classifier (davit.get_model), "
+    if not isinstance(model, (DaViTClassifier, Florence2Encoder)):
+        raise InvalidArgumentError(f"save_pretrained takes a model davit.get_model builds (a DaViT "
+                                   f"classifier or a Florence-2 encoder), "
                                    f"not {type(model).__name__}")
     card = card_of(model)
     config = pretrained_config(card, model.num_features)
@@ -121,7 +124,7 @@ def _timm_preprocessing(pre: dict[str, Any]) -> Preprocessing:
         tuple(value * 255 for value in std) if std else default.std)
 
 
-def push_to_hub(model: DaViTClassifier, repo_id: str, *, private: bool | None = None,
+def push_to_hub(model: DaViTClassifier | Florence2Encoder, repo_id: str, *, private: bool | None = None,
                 token: str | None = None, revision: str | None = None,
                 commit_message: str = "Upload DaViT model") -> Any:
     """Write ``model`` as :func:`save_pretrained` does and upload the folder to the Hugging Face
