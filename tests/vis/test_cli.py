@@ -56,6 +56,10 @@ def test_cam_draws_each_readable_image_and_reports_the_bad_one(checkpoint, tmp_p
 
 @pytest.mark.parametrize("options, message", [
     (["--target-class", "7"], "target class 7 is outside the model's 5 classes"),
+    (["--target-class", "wolf"], "the model has no class named 'wolf' (its 5 classes are 'ant', 'bee', 'cat', "
+                                 "'dog', 'eel'); a class index 0..4 is accepted too"),
+    (["--target-class", "dgo"], "did you mean 'dog'? its 5 classes are 'ant', 'bee'"),
+    (["--target-class", "Cat"], "did you mean 'cat'"),
     (["--stage", "4"], "stage 4 does not exist"),
     (["--random-weights"], "--random-weights and --checkpoint exclude each other"),
 ])

@@ -7,6 +7,7 @@ the original image (:func:`davit.vis.drawing.heatmap_overlay`): outside it the i
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,12 +110,26 @@ def _target_index(target: int | str | None, num_classes: int, names: list[str] |
         return None
     if isinstance(target, str) and not target.lstrip("-").isdigit():
         if names is None or target not in names:
-            known = "its class names are unknown" if names is None else "see its class names (davit list)"
-            raise InvalidArgumentError(f"the model has no class named {target!r} ({known}); pass a class "
-                                       f"index 0..{num_classes - 1}")
+            raise InvalidArgumentError(f"the model has no class named {target!r} ({_known_classes(target, names)}); "
+                                       f"a class index 0..{num_classes - 1} is accepted too")
         return names.index(target)
     index = int(target)
     if not 0 <= index < num_classes:
         raise InvalidArgumentError(f"target class {index} is outside the model's {num_classes} classes; pass "
                                    f"an index 0..{num_classes - 1}")
     return index
+
+
+def _known_classes(target: str, names: list[str] | None, shown: int = 10) -> str:
+    """A few of the model's own class names for an error: the closest matches to ``target``
+    first, else the first ``shown``, with the count."""
+    if names is None:
+        return "its class names are unknown"
+    close = difflib.get_close_matches(target, names, n=5, cutoff=0.6)
+    lowered = [name for name in names if name.lower() == target.lower() and name not in close]
+    close = lowered + close
+    first = ", ".join(repr(name) for name in names[:shown]) + (", ..." if len(names) > shown else "")
+    listing = f"its {len(names)} classes are {first}"
+    if close:
+        return f"did you mean {', '.join(repr(name) for name in close)}? {listing}"
+    return listing
