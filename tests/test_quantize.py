@@ -9,7 +9,7 @@ from davit import quantize
 from davit.data.transforms import build_test_transform
 from davit.errors import DatasetError, ExportError, InvalidArgumentError
 from davit.model import build_model
-from davit.quantize import QuantizationReport, check_agreement, folder_images, quantize_openvino
+from davit.quantize import QuantizationReport, check_agreement, check_speed, folder_images, quantize_openvino
 from davit.resolve import resolve_model
 from davit.runtime import OpenVinoBackend, convert_to_openvino
 from tests.helpers import randomise_
@@ -106,3 +106,18 @@ def test_folder_images_preprocess_and_skip_unreadable_files(tmp_path, caplog):
     batches = folder_images(tmp_path, build_test_transform(exact_size=SIZE), batch_size=2)
     assert [tuple(b.shape) for b in batches] == [(2, 3, *SIZE), (1, 3, *SIZE)]
     assert "skipped an unreadable calibration image" in caplog.text
+
+
+def _timed_report(float_speed: float, int8_speed: float) -> QuantizationReport:
+    return QuantizationReport("openvino", 12, "holdout", 20, 1.0, 0.99, "bf16", float_speed, int8_speed, 16)
+
+
+def test_an_int8_model_slower_than_the_float_one_is_refused_or_written_with_a_warning(caplog):
+    slower = _timed_report(60.0, 31.2)
+    with pytest.raises(ExportError, match=r"0\.52x the float model's speed .*--allow-slower-int8"):
+        check_speed(slower)
+    with caplog.at_level("WARNING", logger="davit"):
+        check_speed(slower, allow_slower=True)
+    assert "0.52x" in caplog.text and "written anyway" in caplog.text
+    check_speed(_timed_report(60.0, 90.0))  # faster: written
+    check_speed(QuantizationReport("openvino", 12, "holdout", 20, 1.0, 0.99, "bf16", None, None, 16))  # untimed

@@ -134,6 +134,22 @@ def check_agreement(report: QuantizationReport) -> None:
             "lower --min-agreement")
 
 
+def check_speed(report: QuantizationReport, allow_slower: bool = False) -> None:
+    """Refuse (:class:`ExportError`) an int8 model that is not faster than the float model it was
+    made from on this machine's runtime, which is the only reason to accept its lost accuracy; with
+    ``allow_slower`` only warn. An untimed report passes."""
+    speedup = report.speedup
+    if speedup is None or speedup >= 1:
+        return
+    message = (f"the int8 model runs at {speedup:.2f}x the float model's speed on this machine "
+               f"({report.int8_images_per_second:.1f} against {report.float_images_per_second:.1f} "
+               f"images/s, {report.runtime} {report.float_precision}, batch {report.timing_batch})")
+    if not allow_slower:
+        raise ExportError(f"{message}: int8 does not pay here; export the float model instead, or "
+                          "pass --allow-slower-int8 to write it anyway")
+    logger.warning("%s; written anyway (--allow-slower-int8)", message)
+
+
 def quantize_openvino_model(ov_model: Any, calibration: list[Tensor]) -> Any:
     """NNCF's post-training int8 quantisation of an ``openvino.Model`` (a copy; ``ov_model`` is
     kept), with statistics from every calibration image."""

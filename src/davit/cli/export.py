@@ -53,6 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--min-agreement", type=float, default=0.99,
                         help="refuse the int8 model when its top-1 agrees with float32's on a smaller "
                              "share of the images (default: 0.99)")
+    parser.add_argument("--allow-slower-int8", action="store_true",
+                        help="write the int8 model even when it is slower than the float model on this "
+                             "machine (refused by default: then int8 only costs accuracy)")
     parser.set_defaults(run=run)
     return parser
 
@@ -67,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     input_size = tuple(args.input_size) if args.input_size else _card_input_size(model)
     if args.int8:
         out, report = export_openvino_int8(model, Path(args.output), args.calibration, args.holdout,
-                                           args.min_agreement, input_size)
+                                           args.min_agreement, input_size,
+                                           allow_slower=args.allow_slower_int8)
         print(report.summary())
     else:
         check_images = args.check_images if args.check_images is not None else _demo_photos()

@@ -94,7 +94,8 @@ def read_openvino_card(path: str | Path) -> ModelCard | None:
 def export_openvino_int8(model: nn.Module, path: Path, calibration: str | Path | Tensor | Iterable[Tensor],
                          holdout: str | Path | Tensor | Iterable[Tensor] | None = None,
                          min_agreement: float = 0.99, input_size: tuple[int, int] = (224, 224), *,
-                         threads: int | None = None, timing_repeats: int = 5) -> tuple[Path, QuantizationReport]:
+                         threads: int | None = None, timing_repeats: int = 5,
+                         allow_slower: bool = False) -> tuple[Path, QuantizationReport]:
     """Write ``model`` quantised to int8 by NNCF as OpenVINO IR at ``path`` (dynamic batch,
     ``input_size`` images), with the report on it (:func:`davit.quantize.quantize_openvino`).
 
@@ -102,12 +103,14 @@ def export_openvino_int8(model: nn.Module, path: Path, calibration: str | Path |
     preprocessing) or preprocessed (N, 3, H, W) batches. The written file is reloaded and its top-1
     must agree with the float32 PyTorch model's on the held-out images (the calibration images
     when none are given) at ``min_agreement`` or more, else :class:`ExportError` and nothing is
-    written. The card and the report travel in the model's ``rt_info`` (``davit_card``,
+    written. The int8 model is timed against the float model on OpenVINO (``timing_repeats``
+    steps; 0: not timed) and refused when it is slower (:func:`davit.quantize.check_speed`), unless
+    ``allow_slower``. The card and the report travel in the model's ``rt_info`` (``davit_card``,
     ``davit_int8``).
     """
     require("openvino", "openvino", "OpenVINO export")
     require("nncf", "openvino", "int8 quantisation with OpenVINO")
-    from ..quantize import folder_images, quantize_openvino, top1_agreement
+    from ..quantize import check_speed, folder_images, quantize_openvino, top1_agreement
     from ..runtime import calibration_batches
 
     plan = plan_export(model, input_size)
@@ -125,6 +128,7 @@ def export_openvino_int8(model: nn.Module, path: Path, calibration: str | Path |
     compared = calibration_batches(images(holdout, "holdout")) if holdout is not None else None
     ov_model, report = quantize_openvino(plan.module, calibrated, compared, min_agreement, threads=threads,
                                          timing_repeats=timing_repeats)
+    check_speed(report, allow_slower)
     if plan.card is not None:
         ov_model.set_rt_info(plan.card.to_json(), [CARD_KEY])
     ov_model.set_rt_info(json.dumps(report.to_dict()), [INT8_KEY])
