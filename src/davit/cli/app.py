@@ -93,11 +93,11 @@ def execute(args: argparse.Namespace, prog: str) -> int:
         return 1
 
 
-def print_error(prog: str, error: BaseException | str) -> None:
-    """``prog: error: message`` on stderr, the message on one line (the error's type's name when
-    it has no text)."""
+def print_error(prog: str, error: BaseException | str, kind: str = "error") -> None:
+    """``prog: error: message`` (or another ``kind``, such as ``warning``) on stderr, the message
+    on one line (the error's type's name when it has no text)."""
     message = " ".join(str(error).split()) or type(error).__name__
-    print(f"{_rank_prefix()}{prog}: error: {message}", file=sys.stderr)
+    print(f"{_rank_prefix()}{prog}: {kind}: {message}", file=sys.stderr)
 
 
 def _rank_prefix() -> str:

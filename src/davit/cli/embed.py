@@ -6,6 +6,7 @@ import sys
 
 from ..engine.embed import DEFAULT_MODEL, EmbedOptions, embed_files
 from ..engine.predict import DTYPES
+from .app import print_error
 from .argtypes import add_checkpoint, add_random_weights, non_negative_int, positive_int, weights_seed
 
 DESCRIPTION = """Embed images: one vector per image (the pooled image token of a Florence-2
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     with weights_seed(args.seed):
         result = embed_files(options)
     for message in result.failures:
-        print(f"{args.prog}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+        print_error(args.prog, message, kind="warning")
     print(f"{args.prog}: {len(result.sources)} embedding(s) of shape {result.array.shape[1:]} "
           f"written to {args.out}", file=sys.stderr)
     return 1 if result.failures else 0
