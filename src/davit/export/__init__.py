@@ -16,9 +16,9 @@ from torch import nn
 from ..checkpoint.card import ModelCard
 from ..data.images import ImageSource
 from ..errors import InvalidArgumentError, require
-from .exported_program import read_exported_program_card, write_exported_program
-from .onnx import check_onnx_path, export_onnx, read_onnx_card, write_onnx
-from .openvino import read_openvino_card, write_openvino
+from .exported_program import read_exported_program_card, read_exported_program_signature, write_exported_program
+from .onnx import check_onnx_path, export_onnx, read_onnx_card, read_onnx_signature, write_onnx
+from .openvino import read_openvino_card, read_openvino_signature, write_openvino
 from .plan import ExportPlan, plan_export
 from .preprocessing import WithPreprocessing
 
@@ -26,7 +26,8 @@ from .preprocessing import WithPreprocessing
 FORMATS = {"onnx": ".onnx", "exported-program": ".pt2", "openvino": ".xml"}
 
 __all__ = ["FORMATS", "ExportPlan", "WithPreprocessing", "export_model", "export_onnx", "format_of", "plan_export",
-           "read_card", "read_exported_program_card", "read_onnx_card", "read_openvino_card", "write_export"]
+           "read_card", "read_exported_program_card", "read_onnx_card", "read_openvino_card", "read_signature",
+           "write_export"]
 
 
 def format_of(path: str | Path) -> str:
@@ -86,4 +87,12 @@ def read_card(path: str | Path) -> ModelCard | None:
     """The model card an exported file of any format carries (None when it has none)."""
     readers = {"onnx": read_onnx_card, "exported-program": read_exported_program_card,
                "openvino": read_openvino_card}
+    return readers[format_of(path)](path)
+
+
+def read_signature(path: str | Path) -> dict | None:
+    """What an exported file of any format takes and gives (:meth:`ExportPlan.signature`); None for
+    a file of an older version, which does not say."""
+    readers = {"onnx": read_onnx_signature, "exported-program": read_exported_program_signature,
+               "openvino": read_openvino_signature}
     return readers[format_of(path)](path)

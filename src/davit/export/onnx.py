@@ -25,7 +25,7 @@ from ..checkpoint.card import CARD_KEY, ModelCard, card_from_metadata
 from ..checkpoint.io import replacing
 from ..data.images import ImageSource
 from ..errors import CheckpointError, InvalidArgumentError, require
-from .plan import ExportPlan, plan_export
+from .plan import SIGNATURE_KEY, ExportPlan, plan_export, read_signature
 from .verify import Runner, verify_export
 
 # The exporter's own loggers: hundreds of INFO lines per export (initializer deduplication,
@@ -76,6 +76,7 @@ def write_onnx(plan: ExportPlan, path: Path, verify: bool = True, atol: float = 
         assert program is not None  # dynamo=True always returns the program
         if plan.card is not None:
             program.model.metadata_props.update(plan.card.to_metadata())
+        program.model.metadata_props[SIGNATURE_KEY] = plan.signature(atol if verify else None)
         program.save(str(tmp))
         if verify:
             verify_export(plan, onnxruntime_runner(tmp), "onnxruntime", atol)
@@ -111,6 +112,17 @@ def exporter_logs(quiet: bool) -> Iterator[None]:
 
 def read_onnx_card(path: str | Path) -> ModelCard | None:
     """The model card an exported file carries (None for a file exported without one)."""
+    meta = onnx_metadata(path)
+    return card_from_metadata({CARD_KEY: meta[CARD_KEY]} if CARD_KEY in meta else {}, str(path))
+
+
+def read_onnx_signature(path: str | Path) -> dict | None:
+    """What the file takes and gives (:meth:`.plan.ExportPlan.signature`); None when it does not say."""
+    return read_signature(onnx_metadata(path), str(path))
+
+
+def onnx_metadata(path: str | Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file (its graph and weights are not read)."""
     require("onnx", "export", "reading an ONNX file")
     import onnx
 
@@ -118,5 +130,4 @@ def read_onnx_card(path: str | Path) -> ModelCard | None:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as error:
         raise CheckpointError(f"{path} is not a readable ONNX file: {error}") from None
-    meta = {prop.key: prop.value for prop in proto.metadata_props if prop.key == CARD_KEY}
-    return card_from_metadata(meta, str(path))
+    return {prop.key: prop.value for prop in proto.metadata_props}

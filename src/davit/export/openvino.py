@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..checkpoint.card import CARD_KEY, ModelCard, card_from_metadata
 from ..errors import CheckpointError, ExportError, InvalidArgumentError, require
-from .plan import ExportPlan, input_transform, plan_export
+from .plan import SIGNATURE_KEY, ExportPlan, input_transform, plan_export, read_signature
 from .verify import Runner, verify_export
 
 if TYPE_CHECKING:
@@ -32,14 +32,19 @@ INT8_KEY = "davit_int8"  # the int8 report, in rt_info
 
 
 def convert_plan(plan: ExportPlan) -> Any:
-    """``plan`` as an ``openvino.Model`` (dynamic dimensions kept), carrying the card."""
+    """``plan`` as an ``openvino.Model`` (dynamic dimensions kept)."""
     require("openvino", "openvino", "OpenVINO export")
     import openvino
 
-    ov_model = openvino.convert_model(plan.program)
+    return openvino.convert_model(plan.program)
+
+
+def describe(ov_model: Any, plan: ExportPlan, verified_atol: float | None) -> None:
+    """Put the card and the signature in the model's ``rt_info``, where :func:`read_openvino_card`
+    and :func:`read_openvino_signature` find them."""
     if plan.card is not None:
         ov_model.set_rt_info(plan.card.to_json(), [CARD_KEY])
-    return ov_model
+    ov_model.set_rt_info(plan.signature(verified_atol), [SIGNATURE_KEY])
 
 
 def write_openvino(plan: ExportPlan, path: Path, verify: bool = True, atol: float = 1e-4,
@@ -50,8 +55,7 @@ def write_openvino(plan: ExportPlan, path: Path, verify: bool = True, atol: floa
     ov_model = convert_plan(plan)
     if transform is not None:
         ov_model = transform(ov_model)
-        if plan.card is not None:
-            ov_model.set_rt_info(plan.card.to_json(), [CARD_KEY])
+    describe(ov_model, plan, atol if verify and transform is None else None)
     import openvino
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,16 +83,30 @@ def openvino_runner(path: Path) -> Runner:
 
 def read_openvino_card(path: str | Path) -> ModelCard | None:
     """The model card an OpenVINO IR carries (None for one exported without a card)."""
+    meta = openvino_metadata(read_openvino_model(path))
+    return card_from_metadata({CARD_KEY: meta[CARD_KEY]} if CARD_KEY in meta else {}, str(path))
+
+
+def read_openvino_signature(path: str | Path) -> dict | None:
+    """What the IR takes and gives (:meth:`.plan.ExportPlan.signature`); None when it does not say."""
+    return read_signature(openvino_metadata(read_openvino_model(path)), str(path))
+
+
+def read_openvino_model(path: str | Path) -> Any:
+    """The ``openvino.Model`` of an IR (or of an ONNX file, which OpenVINO reads too)."""
     require("openvino", "openvino", "reading an OpenVINO model")
     import openvino
 
     try:
-        ov_model = openvino.Core().read_model(str(path))
+        return openvino.Core().read_model(str(path))
     except Exception as error:
         raise CheckpointError(f"{path} is not a readable OpenVINO model: {error}") from None
-    if not ov_model.has_rt_info([CARD_KEY]):
-        return None
-    return card_from_metadata({CARD_KEY: ov_model.get_rt_info([CARD_KEY]).astype(str)}, str(path))
+
+
+def openvino_metadata(ov_model: Any) -> dict[str, str]:
+    """The entries of an ``openvino.Model``'s ``rt_info`` that this library writes."""
+    return {key: ov_model.get_rt_info([key]).astype(str)
+            for key in (CARD_KEY, SIGNATURE_KEY, INT8_KEY) if ov_model.has_rt_info([key])}
 
 
 def export_openvino_int8(model: nn.Module, path: Path, calibration: str | Path | Tensor | Iterable[Tensor],
@@ -129,8 +147,7 @@ def export_openvino_int8(model: nn.Module, path: Path, calibration: str | Path |
     ov_model, report = quantize_openvino(plan.module, calibrated, compared, min_agreement, threads=threads,
                                          timing_repeats=timing_repeats)
     check_speed(report, allow_slower)
-    if plan.card is not None:
-        ov_model.set_rt_info(plan.card.to_json(), [CARD_KEY])
+    describe(ov_model, plan, None)  # checked by top-1 agreement, not to a tolerance
     ov_model.set_rt_info(json.dumps(report.to_dict()), [INT8_KEY])
     import openvino
 

@@ -16,7 +16,8 @@ sees the card's crop, so nothing of the above applies to it.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ from .preprocessing import WithPreprocessing
 
 MAX_SIDE = 8192
 MAX_BATCH = 4096
+SIGNATURE_KEY = "davit_export"  # the file's metadata entry saying what goes in and comes out
+OUTPUTS = ("logits", "probabilities", "features", "image_tokens")
 
 
 @dataclass
@@ -50,6 +53,17 @@ class ExportPlan:
     checks: list[tuple[str, torch.Tensor]]
     card: ModelCard | None
     dynamic_size: bool = False  # a model's height and width (not a with-preprocessing one's pixels)
+
+    def signature(self, verified_atol: float | None) -> str:
+        """What the written file takes and gives, as the JSON its metadata carries under
+        :data:`SIGNATURE_KEY`, so that a reader (:mod:`davit.exported`) runs it without guessing:
+        the input (``images``: normalised (N, 3, H, W) float32 at ``input_size``, any size when
+        that is null; ``pixels``: uint8 (N, H, W, 3) of any size), the output's name and the
+        tolerance to PyTorch it was verified to (None: not verified)."""
+        fixed = self.input_name == "images" and not self.dynamic_size
+        return json.dumps({"input": self.input_name, "output": self.output_name,
+                           "input_size": list(self.example.shape[2:]) if fixed else None,
+                           "verified_atol": verified_atol})
 
     @functools.cached_property
     def program(self) -> torch.export.ExportedProgram:
@@ -220,3 +234,20 @@ def _pixels(image: ImageSource) -> torch.Tensor:
 
 def _name(image: ImageSource) -> str:
     return Path(image).name if isinstance(image, (str, Path)) else f"a {type(image).__name__} image"
+
+
+def read_signature(meta: Mapping[str, str], where: str) -> dict[str, Any] | None:
+    """The signature a file's metadata holds (None when it has none: a file of an older version),
+    checked to be one this library wrote."""
+    text = meta.get(SIGNATURE_KEY)
+    if text is None:
+        return None
+    try:
+        signature = json.loads(text)
+    except json.JSONDecodeError:
+        signature = None
+    if not isinstance(signature, dict) or signature.get("input") not in ("images", "pixels") \
+            or signature.get("output") not in OUTPUTS:
+        raise InvalidArgumentError(f"{where} carries an export signature ({SIGNATURE_KEY}) this version "
+                                   "does not know; export the model again with this version's davit export")
+    return signature

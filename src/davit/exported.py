@@ -1,0 +1,161 @@
+"""Files written by ``davit export`` (``.onnx``, OpenVINO ``.xml``, ``.pt2``), opened on their runtime
+as a model the rest of the library runs like its own: ``davit predict``, ``davit serve``, ``davit
+embed``, :func:`davit.inference_model` and ``tools/test.py`` take them where they take a model.
+
+Export once, run anywhere: the file carries its model card (classes, preprocessing) and its
+signature (what goes in and comes out, the tolerance to PyTorch it was verified to), so nothing is
+re-exported and nothing is guessed. :func:`open_exported` picks the runtime from the suffix:
+
+* ``.onnx``: ONNX Runtime (fp32), or OpenVINO, which reads ONNX too (``backend="openvino"``, fp32
+  or bf16);
+* ``.xml``: OpenVINO (fp32 or bf16; an int8 IR runs its int8 layers);
+* ``.pt2``: PyTorch, the reloaded ``torch.export`` program (fp32, or bf16 under autocast).
+
+An :class:`ExportedModel` takes the normalised (N, 3, H, W) float32 batch the model's card
+preprocesses images to and gives the export's output: logits (a classifier), the last-stage map
+(a Florence-2 tower) or image tokens (``--encode-image``). Files exported ``--with-preprocessing``
+take raw pixels and are for deployments without this library; they are refused here in one line.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from .checkpoint.card import ModelCard
+from .errors import InvalidArgumentError
+from .runtime import RUNTIME_DTYPES, Backend, OnnxRuntimeBackend, OpenVinoBackend, TorchBackend
+
+# suffix -> the runtime a file runs on by default, and every runtime that can run it
+RUNTIMES = {".onnx": ("onnxruntime", "openvino"), ".xml": ("openvino",), ".pt2": ("torch",)}
+CLASSIFIER_OUTPUTS = ("logits",)
+
+
+def is_exported_file(source: object) -> bool:
+    """Whether ``source`` names a file ``davit export`` writes (by its suffix; it need not exist)."""
+    if not isinstance(source, (str, Path)) or str(source).startswith("hf-hub:"):
+        return False
+    return Path(source).suffix.lower() in RUNTIMES
+
+
+class ExportedModel(nn.Module):
+    """An exported file on its runtime, with the card and class names it carries.
+
+    ``model(images)`` gives the export's float32 output on the CPU; :attr:`output` names it
+    (``logits``, ``features`` or ``image_tokens``). ``card.preprocessing`` makes the input the file
+    takes (its crop is the export's input size)."""
+
+    def __init__(self, path: Path, backend: Backend, card: ModelCard | None, output: str,
+                 verified_atol: float | None) -> None:
+        super().__init__()
+        self.path = path
+        self.backend = backend
+        self.card = card
+        self.class_names = list(card.class_names) if card is not None and card.class_names else None
+        self.output = output
+        self.verified_atol = verified_atol
+        self.num_classes = card.num_classes if card is not None and output in CLASSIFIER_OUTPUTS else 0
+
+    @property
+    def classifies(self) -> bool:
+        """Whether the file gives class logits (a classifier's export)."""
+        return self.output in CLASSIFIER_OUTPUTS
+
+    @property
+    def arch(self) -> Any:
+        """The architecture record of the card (None without one)."""
+        return self.card.architecture if self.card is not None else None
+
+    @property
+    def runtime(self) -> str:
+        return self.backend.name
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.backend(images)
+
+    def embed(self, images: Tensor, pooled: bool = True) -> Tensor:
+        """One vector per image (the pooled image token) or every token, for an export of a
+        Florence-2 encoder's image tokens (``davit export --encode-image``)."""
+        if self.output != "image_tokens":
+            raise InvalidArgumentError(
+                f"{self.path} gives {self.output}, not image tokens; embeddings come from an export of a "
+                "Florence-2 encoder's tokens (davit export MODEL OUT --encode-image)")
+        tokens = self.backend(images)
+        return tokens[:, 0] if pooled else tokens
+
+    def extra_repr(self) -> str:
+        return f"path={str(self.path)!r}, runtime={self.runtime!r}, output={self.output!r}"
+
+
+def open_exported(path: str | Path, backend: str | None = None, dtype: str = "fp32",
+                  threads: int | None = None) -> ExportedModel:
+    """The exported file ``path`` ready to run on ``backend`` (None or "torch": its own runtime, see
+    the module docstring) in ``dtype`` (fp32 or bf16) with ``threads`` runtime threads (None: one per core)."""
+    from . import export
+
+    path = Path(path).expanduser()
+    suffix = path.suffix.lower()
+    if suffix not in RUNTIMES:
+        raise InvalidArgumentError(f"{path} is not a file davit export writes (.onnx, .xml or .pt2)")
+    if not path.is_file():
+        raise InvalidArgumentError(f"{path} does not exist; pass a file davit export wrote")
+    # "torch", the commands' default backend, means "not chosen": the file's own runtime
+    runtime = RUNTIMES[suffix][0] if backend in (None, "torch") else backend
+    if runtime not in RUNTIMES[suffix]:
+        raise InvalidArgumentError(f"{path.name} runs on {' or '.join(RUNTIMES[suffix])}, not {runtime}; "
+                                   f"drop --backend {runtime}, or export the model for {runtime}")
+    if dtype not in RUNTIME_DTYPES or (runtime == "onnxruntime" and dtype != "fp32"):
+        raise InvalidArgumentError(f"{path.name} on {runtime} runs in "
+                                   f"{'fp32' if runtime == 'onnxruntime' else ' or '.join(RUNTIME_DTYPES)}, "
+                                   f"not {dtype}" + ("; pass --backend openvino for bf16" if suffix == ".onnx" else ""))
+    card = export.read_card(path)
+    signature = export.read_signature(path) or _signature_of_older_file(card)
+    if signature["input"] == "pixels":
+        raise InvalidArgumentError(
+            f"{path} takes raw pixels (exported --with-preprocessing), for deployments without this library; "
+            "export the model without --with-preprocessing to run it with davit")
+    opened = _backend(path, runtime, dtype, threads)
+    size = signature.get("input_size")
+    return ExportedModel(path, opened, _card_at(card, tuple(size)) if card is not None and size else card,
+                         signature["output"], signature.get("verified_atol"))
+
+
+def _signature_of_older_file(card: ModelCard | None) -> dict[str, Any]:
+    """A file from before exports said what they give: a classifier's logits when its card has
+    classes, else a tower's features, at the card's crop."""
+    return {"input": "images", "output": "logits" if card is not None and card.num_classes else "features",
+            "input_size": None, "verified_atol": None}
+
+
+def _backend(path: Path, runtime: str, dtype: str, threads: int | None) -> Backend:
+    if runtime == "onnxruntime":
+        return OnnxRuntimeBackend(path, threads)
+    if runtime == "openvino":
+        from .export.openvino import INT8_KEY, read_openvino_model
+
+        ov_model = read_openvino_model(path)
+        return OpenVinoBackend(ov_model, dtype, threads, int8=ov_model.has_rt_info([INT8_KEY]))
+    from .export.exported_program import load_exported_program
+
+    program = load_exported_program(path)[0]
+    backend = TorchBackend(program.module(), dtype, threads)
+    backend.name = "torch.export" + ("" if dtype == "fp32" else f"-{dtype}")
+    return backend
+
+
+def _card_at(card: ModelCard, size: tuple[int, ...]) -> ModelCard:
+    """``card`` whose preprocessing gives the (H, W) the file was exported at: its own when its crop
+    is that size, else the resize scaled to the new crop (both sides set when H != W)."""
+    pre = card.preprocessing
+    height, width = int(size[0]), int(size[1])
+    if pre.exact_size is not None:
+        new = replace(pre, exact_size=(height, width))
+    elif (height, width) == (pre.crop_size, pre.crop_size):
+        return card
+    elif height == width:
+        new = replace(pre, crop_size=height, resize_edge=round(pre.resize_edge * height / pre.crop_size))
+    else:
+        new = replace(pre, exact_size=(height, width))
+    return replace(card, preprocessing=new)
