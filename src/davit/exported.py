@@ -89,18 +89,29 @@ class ExportedModel(nn.Module):
         return f"path={str(self.path)!r}, runtime={self.runtime!r}, output={self.output!r}"
 
 
-def open_exported(path: str | Path, backend: str | None = None, dtype: str = "fp32",
-                  threads: int | None = None) -> ExportedModel:
-    """The exported file ``path`` ready to run on ``backend`` (None or "torch": its own runtime, see
-    the module docstring) in ``dtype`` (fp32 or bf16) with ``threads`` runtime threads (None: one per core)."""
-    from . import export
+def exported_source(model: object, checkpoint: object = None, random_weights: bool = False) -> Path | None:
+    """The exported file a command's model or checkpoint names (None when neither does); refuses
+    what cannot go with one (its weights are in the file)."""
+    named = [source for source in (model, checkpoint) if is_exported_file(source)]
+    if not named:
+        return None
+    path = Path(str(named[0])).expanduser()
+    if random_weights:
+        raise InvalidArgumentError(f"{path.name} is an exported model with its weights; drop --random-weights")
+    if model is not None and checkpoint is not None:
+        raise InvalidArgumentError(f"{path.name} is an exported model with its weights and card; pass it "
+                                   "alone, as the model or as the checkpoint, not with another")
+    if not path.is_file():
+        raise InvalidArgumentError(f"{path} does not exist; pass a file davit export wrote")
+    return path
 
-    path = Path(path).expanduser()
+
+def exported_runtime(path: Path, backend: str | None, dtype: str) -> str:
+    """The runtime ``path`` runs on for ``backend`` (None or "torch": the file's own) in ``dtype``;
+    refuses a runtime or dtype the file cannot run in, before anything is loaded."""
     suffix = path.suffix.lower()
     if suffix not in RUNTIMES:
         raise InvalidArgumentError(f"{path} is not a file davit export writes (.onnx, .xml or .pt2)")
-    if not path.is_file():
-        raise InvalidArgumentError(f"{path} does not exist; pass a file davit export wrote")
     # "torch", the commands' default backend, means "not chosen": the file's own runtime
     runtime = RUNTIMES[suffix][0] if backend in (None, "torch") else backend
     if runtime not in RUNTIMES[suffix]:
@@ -110,6 +121,19 @@ def open_exported(path: str | Path, backend: str | None = None, dtype: str = "fp
         raise InvalidArgumentError(f"{path.name} on {runtime} runs in "
                                    f"{'fp32' if runtime == 'onnxruntime' else ' or '.join(RUNTIME_DTYPES)}, "
                                    f"not {dtype}" + ("; pass --backend openvino for bf16" if suffix == ".onnx" else ""))
+    return runtime
+
+
+def open_exported(path: str | Path, backend: str | None = None, dtype: str = "fp32",
+                  threads: int | None = None) -> ExportedModel:
+    """The exported file ``path`` ready to run on ``backend`` (None or "torch": its own runtime, see
+    the module docstring) in ``dtype`` (fp32 or bf16) with ``threads`` runtime threads (None: one per core)."""
+    from . import export
+
+    path = Path(path).expanduser()
+    runtime = exported_runtime(path, backend, dtype)
+    if not path.is_file():
+        raise InvalidArgumentError(f"{path} does not exist; pass a file davit export wrote")
     card = export.read_card(path)
     signature = export.read_signature(path) or _signature_of_older_file(card)
     if signature["input"] == "pixels":

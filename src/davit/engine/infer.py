@@ -29,6 +29,7 @@ from ..api import get_model
 from ..checkpoint.card import Preprocessing
 from ..data.datasets import IMAGE_EXTENSIONS, Batch, LabelledImageDataset, image_files
 from ..errors import DavitError, InvalidArgumentError
+from ..exported import exported_runtime, exported_source, open_exported
 from ..resolve import model_and_weights, resolve_device
 from ..vis.drawing import ClassScore, PredictionPictures
 from . import distributed
@@ -97,8 +98,9 @@ def infer(options: InferenceOptions, sink: ResultSink | None = None) -> Inferenc
     Ctrl-C, after closing the output."""
     _check(options)
     paths = expand_inputs(options.inputs)
-    device = _device(options.device if options.backend == "torch" else options.device or "cpu")
-    amp = autocast_dtype(options.dtype, device) if options.backend == "torch" else None  # a runtime's own
+    on_torch = options.backend == "torch" and exported_source(options.model, options.checkpoint) is None
+    device = _device(options.device if on_torch else options.device or "cpu")
+    amp = autocast_dtype(options.dtype, device) if on_torch else None  # a runtime's own
     distributed.init_distributed(device)
     output, done = _open_output(options, sink)
     pending = [path for path in paths if str(path) not in done]
@@ -122,7 +124,13 @@ def _check(options: InferenceOptions) -> None:
     if options.topk < 1 or options.batch_size < 1 or options.num_workers < 0:
         raise InvalidArgumentError("topk and batch_size must be positive and num_workers at "
                                    "least 0")
-    model_and_weights(options.model, options.checkpoint, options.random_weights, DEFAULT_MODEL)
+    exported = exported_source(options.model, options.checkpoint, options.random_weights)
+    if exported is None:
+        model_and_weights(options.model, options.checkpoint, options.random_weights, DEFAULT_MODEL)
+    else:
+        exported_runtime(exported, options.backend, options.dtype)
+        if options.device not in (None, "cpu"):
+            raise InvalidArgumentError(f"{exported.name} runs on the CPU; drop --device {options.device}")
     if options.resume and not options.out:
         raise InvalidArgumentError("--resume carries on an output file; pass it with --out")
     if options.out:
@@ -222,6 +230,13 @@ def _open_output(options: InferenceOptions,
 
 
 def _load_model(options: InferenceOptions, device: torch.device) -> nn.Module:
+    exported = exported_source(options.model, options.checkpoint)
+    if exported is not None:
+        model = open_exported(exported, options.backend, options.dtype)
+        if not model.classifies:
+            raise InvalidArgumentError(f"{exported.name} gives {model.output}, not class scores; export a "
+                                       "classifier to classify, or use davit embed")
+        return model
     with distributed.main_process_first():  # one download, which the other processes reuse
         model, weights = model_and_weights(options.model, options.checkpoint, options.random_weights,
                                            DEFAULT_MODEL)
