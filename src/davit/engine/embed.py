@@ -31,6 +31,7 @@ from ..checkpoint.card import Preprocessing
 from ..checkpoint.io import replacing, save_state_dict_file
 from ..data.datasets import LabelledImageDataset
 from ..errors import ImageLoadError, InvalidArgumentError
+from ..exported import ExportedModel, exported_runtime, exported_source, open_exported
 from ..resolve import resolve_device
 from .infer import PROGRESS_MIN, expand_inputs
 from .predict import autocast_dtype, sharded_loader
@@ -97,12 +98,7 @@ def embed_files(options: EmbedOptions) -> Embeddings:
     paths = expand_inputs(options.inputs)
     if options.batch_size < 1 or options.num_workers < 0:
         raise InvalidArgumentError("batch_size must be positive and num_workers at least 0")
-    target = resolve_device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    amp = autocast_dtype(options.dtype, target)
-    if options.random_weights and options.checkpoint:
-        raise InvalidArgumentError("--random-weights and --checkpoint exclude each other; pass one")
-    pretrained: bool | str = False if options.random_weights else options.checkpoint or True
-    model = get_model(options.model, pretrained=pretrained, device=target)
+    model, target, amp = _embedding_model(options)
     result = compute_embeddings(model, paths, not options.tokens, options.batch_size,
                                 options.num_workers, amp, target, len(paths) >= PROGRESS_MIN)
     result.sources = [str(path) for path in result.sources]
@@ -110,9 +106,35 @@ def embed_files(options: EmbedOptions) -> Embeddings:
     return result
 
 
+def _embedding_model(options: EmbedOptions) -> tuple[nn.Module, torch.device, torch.dtype | None]:
+    """The model ``options`` name, the device it runs on and its autocast dtype; an exported file
+    runs on its own runtime on the CPU, in the dtype it was asked for."""
+    exported = exported_source(options.model, options.checkpoint, options.random_weights)
+    if exported is not None:
+        exported_runtime(exported, None, options.dtype)
+        if options.device not in (None, "cpu"):
+            raise InvalidArgumentError(f"{exported.name} runs on the CPU; drop --device {options.device}")
+        model = open_exported(exported, None, options.dtype)
+        embedding_function(model, not options.tokens)  # refuse a file that gives no embeddings, first
+        return model, torch.device("cpu"), None
+    target = resolve_device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    amp = autocast_dtype(options.dtype, target)
+    if options.random_weights and options.checkpoint:
+        raise InvalidArgumentError("--random-weights and --checkpoint exclude each other; pass one")
+    pretrained: bool | str = False if options.random_weights else options.checkpoint or True
+    return get_model(options.model, pretrained=pretrained, device=target), target, amp
+
+
 def embedding_function(model: nn.Module, pooled: bool) -> Callable[[Tensor], Tensor]:
-    """What embeds a batch: the projector's tokens (``model.embed``) where the model has one,
-    else the classifier's pre-logits features (pooled only)."""
+    """What embeds a batch: the projector's tokens (``model.embed``) where the model has one (or
+    an exported file of them), else the classifier's pre-logits features (pooled only)."""
+    if isinstance(model, ExportedModel):
+        if model.output != "image_tokens":
+            raise InvalidArgumentError(
+                f"{model.path.name} gives {model.output}; embeddings come from an export of a Florence-2 "
+                "encoder's image tokens (davit export MODEL OUT.onnx --encode-image), or from the model itself")
+        exported = model
+        return lambda x: exported.embed(x, pooled=pooled)
     net: Any = model  # its methods are not typed through nn.Module
     if getattr(model, "projector", None) is not None and hasattr(model, "embed"):
         return lambda x: net.embed(x, pooled=pooled)

@@ -68,8 +68,9 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="davit-model")
-        runs: dict[str, Callable[[Tensor], np.ndarray]] = {
-            "pooled": partial(served.embeddings, pooled=True)}
+        runs: dict[str, Callable[[Tensor], np.ndarray]] = {}
+        if served.embeds:
+            runs["pooled"] = partial(served.embeddings, pooled=True)
         if served.classifier is not None:
             runs["predict"] = served.probabilities
         if served.has_tokens:
@@ -148,6 +149,9 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
                                                   "instead of the pooled (D,) vector")] = False) -> JSONResponse:
         """Embed the images: the pooled embedding (D,) per image, or every token (T, D)."""
         kind = "tokens" if tokens else "pooled"
+        if "pooled" not in batchers:
+            raise Rejected(409, "cannot_embed", f"model {served.name} is an exported classifier, which gives class "
+                                                "scores only; use /v1/predict, or serve the model it was exported from")
         if kind not in batchers:
             raise Rejected(400, "tokens_unavailable", f"model {served.name} has no Florence-2 projector to give "
                                                       "token embeddings; leave out tokens=true for pooled ones")

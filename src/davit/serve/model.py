@@ -21,6 +21,7 @@ from ..checkpoint.card import Preprocessing
 from ..data.transforms import TestTransform
 from ..engine.embed import embedding_function
 from ..engine.predict import autocast_dtype
+from ..exported import ExportedModel, exported_source, open_exported
 from ..runtime import Backend, open_backend
 
 
@@ -42,8 +43,15 @@ class ServedModel:
 
     @property
     def has_tokens(self) -> bool:
-        """Whether the model gives token embeddings (a Florence-2 projector)."""
+        """Whether the model gives token embeddings (a Florence-2 projector, or its tokens' export)."""
+        if isinstance(self.model, ExportedModel):
+            return self.model.output == "image_tokens"
         return getattr(self.model, "projector", None) is not None
+
+    @property
+    def embeds(self) -> bool:
+        """Whether the model gives embeddings at all (an exported classifier's logits do not)."""
+        return not isinstance(self.model, ExportedModel) or self.has_tokens
 
     def probabilities(self, images: Tensor) -> np.ndarray:
         """Class probabilities (N, classes) of a preprocessed batch."""
@@ -55,7 +63,8 @@ class ServedModel:
         """Pooled (N, D) or token (N, T, D) embeddings of a preprocessed batch."""
         embed = embedding_function(self.model, pooled)
         amp = autocast_dtype(self.dtype, torch.device("cpu"))
-        with torch.inference_mode(), torch.autocast("cpu", amp or torch.float32, enabled=amp is not None):
+        on_torch = amp is not None and not isinstance(self.model, ExportedModel)  # a runtime has its own dtype
+        with torch.inference_mode(), torch.autocast("cpu", amp or torch.float32, enabled=on_torch):
             return embed(images).float().numpy()
 
     def describe(self) -> dict[str, Any]:
@@ -63,7 +72,7 @@ class ServedModel:
         card = getattr(self.model, "card", None)
         arch = getattr(self.model, "arch", None)
         return {"id": self.name,
-                "tasks": (["predict"] if self.classifier is not None else []) + ["embed"],
+                "tasks": (["predict"] if self.classifier is not None else []) + (["embed"] if self.embeds else []),
                 "architecture": arch.to_dict() if arch is not None else None,
                 "num_classes": getattr(self.model, "num_classes", 0),
                 "class_names": self.class_names,
@@ -75,7 +84,11 @@ class ServedModel:
 def load_served_model(source: str, checkpoint: str | None = None, random_weights: bool = False,
                       backend: str = "torch", dtype: str = "fp32", threads: int | None = None) -> ServedModel:
     """Build the model that ``source`` names (anything :func:`davit.get_model` takes) with its
-    own weights, ``checkpoint``'s, or random ones, and open its classifier on ``backend``."""
+    own weights, ``checkpoint``'s, or random ones, and open its classifier on ``backend``; or open
+    the file ``davit export`` wrote that ``source`` (or ``checkpoint``) names on its runtime."""
+    exported = exported_source(source, checkpoint, random_weights)
+    if exported is not None:
+        return _served_export(open_exported(exported, backend, dtype, threads), dtype)
     pretrained: bool | str = checkpoint if checkpoint else not random_weights
     model = get_model(source, pretrained=pretrained, device="cpu")
     card = getattr(model, "card", None)
@@ -87,6 +100,14 @@ def load_served_model(source: str, checkpoint: str | None = None, random_weights
         if classifies else None
     return ServedModel(public_name(source, card), model, classifier, backend, dtype, preprocessing.transform(),
                        input_size)
+
+
+def _served_export(model: ExportedModel, dtype: str) -> ServedModel:
+    """An exported file: it classifies when it gives logits, embeds when it gives image tokens."""
+    pre = model.card.preprocessing if model.card is not None else Preprocessing()
+    size = pre.exact_size or (pre.crop_size, pre.crop_size)
+    return ServedModel(public_name(str(model.path), model.card), model, model.backend if model.classifies else None,
+                       model.runtime, dtype, pre.transform(), (int(size[0]), int(size[1])))
 
 
 def public_name(source: str, card: Any = None) -> str:
