@@ -15,6 +15,7 @@ from .checkpoint.load import HEAD_KEYS, checkpoint_num_classes, load_checkpoint,
 from .data import ImageLoadError, TestTransform, build_test_transform, imagenet_classes
 from .engine.predict import class_probabilities
 from .errors import CheckpointMismatchError, InvalidArgumentError
+from .exported import ExportedModel, is_exported_file, open_exported
 from .model import DaViTClassifier, Florence2Encoder, build_model, is_florence2
 from .resolve import ModelRef, ModelSource, pretrained_source, resolve_device, resolve_model
 
@@ -125,7 +126,7 @@ def _attach(model: Model, card: ModelCard) -> None:
     model.class_names = list(card.class_names) if card.class_names is not None else None
 
 
-def inference_model(model: Model | ModelSource, inputs: ImageInput | Sequence[ImageInput],
+def inference_model(model: Model | ExportedModel | ModelSource, inputs: ImageInput | Sequence[ImageInput],
                     device: str | torch.device | None = None, batch_size: int = 16,
                     pretrained: bool | str | Path = True, **model_options: Any) -> dict | list[dict]:
     """Classify one image (returns a dict) or a list of images (returns a list of dicts), each
@@ -135,13 +136,20 @@ def inference_model(model: Model | ModelSource, inputs: ImageInput | Sequence[Im
     probabilities) and, when the model knows its class names, ``pred_class``. As in mmpretrain,
     ``model`` is a model or anything :func:`get_model` takes (a name, a config file, a
     checkpoint), built with ``pretrained`` (default: its own weights); ``pretrained`` naming a
-    checkpoint is loaded into a given model too. In a list, an image that cannot be read gives
-    ``{"error": message}`` in its place and is logged; the other results are kept. A single
-    unreadable image raises :class:`ImageLoadError`.
+    checkpoint is loaded into a given model too. A file ``davit export`` wrote (``.onnx``, ``.xml``,
+    ``.pt2``) runs on its runtime with its card (:func:`davit.exported.open_exported`). In a list,
+    an image that cannot be read gives ``{"error": message}`` in its place and is logged; the other
+    results are kept. A single unreadable image raises :class:`ImageLoadError`.
     """
     if batch_size < 1:
         raise InvalidArgumentError(f"batch_size must be at least 1, got {batch_size}")
-    if not isinstance(model, (DaViTClassifier, Florence2Encoder)):
+    if isinstance(model, (str, Path)) and is_exported_file(model):
+        model = open_exported(model)
+    if isinstance(model, ExportedModel):
+        if not model.classifies:
+            raise InvalidArgumentError(f"{model.path.name} gives {model.output}, not class scores; export a "
+                                       "classifier to classify")
+    elif not isinstance(model, (DaViTClassifier, Florence2Encoder)):
         model = get_model(model, pretrained=pretrained, device=device, **model_options)
     else:
         if isinstance(pretrained, (str, Path)):
@@ -189,10 +197,10 @@ def _preprocess(items: list[ImageInput], transform: TestTransform,
     return tensors, errors
 
 
-def _probabilities(model: Model, tensors: dict[int, torch.Tensor],
+def _probabilities(model: Model | ExportedModel, tensors: dict[int, torch.Tensor],
                    batch_size: int) -> dict[int, np.ndarray]:
     """Class probabilities of each tensor, in batches, through the evaluation primitive."""
-    param = next(model.parameters())
+    param = next(model.parameters(), torch.zeros(()))  # an exported file's runtime takes float32 on the CPU
     model.eval()
     indices = list(tensors)
     probabilities: dict[int, np.ndarray] = {}

@@ -81,3 +81,14 @@ def test_is_exported_file():
     assert is_exported_file("m.onnx") and is_exported_file("dir/M.XML") and is_exported_file("a.pt2")
     assert not is_exported_file("m.pth") and not is_exported_file("hf-hub:org/x.onnx")
     assert not is_exported_file(torch.nn.Linear(1, 1))
+
+
+def test_inference_model_takes_an_exported_file(tiny_classifier, exports):
+    from davit import inference_model
+    from tests.paths import REPO
+
+    photo = sorted((REPO / "demo").glob("*.jpg"))[0]
+    expected = inference_model(tiny_classifier, str(photo))
+    got = inference_model(str(exports["onnx"]), str(photo))
+    assert got["pred_label"] == expected["pred_label"] and got["pred_class"] == expected["pred_class"]
+    assert abs(got["pred_score"] - expected["pred_score"]) < 1e-4
