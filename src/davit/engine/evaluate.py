@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from ..checkpoint.card import ModelCard
 from ..checkpoint.load import load_checkpoint, load_into
 from ..config import dump_config, load_config
 from ..config.data import build_section_dataset, loader_spec, test_transform
@@ -30,6 +31,7 @@ from ..config.specs import EvaluatorSpec, ModelSpec, build_model, evaluator_spec
 from ..data import imagenet_classes
 from ..data.datasets import LabelledImageDataset
 from ..errors import InvalidArgumentError
+from ..exported import exported_source, open_exported
 from ..resolve import resolve_weights
 from ..vis.drawing import ClassScore, PredictionPictures
 from . import distributed
@@ -87,7 +89,10 @@ def evaluate(options: EvaluationOptions) -> None:
     evaluator = evaluator_spec(cfg, spec.num_classes)
     transform = test_transform(cfg)
     dataset = build_section_dataset(cfg, "test_dataloader", transform, spec.num_classes)
-    source = resolve_weights(options.checkpoint)
+    exported = exported_source(None, options.checkpoint)
+    source = str(exported) if exported is not None else resolve_weights(options.checkpoint)
+    if exported is not None and options.device not in (None, "cpu"):
+        raise InvalidArgumentError(f"{exported.name} runs on the CPU (its runtime's); drop --device {options.device}")
     if options.limit is not None and options.limit < len(dataset):
         total, classes = len(dataset), len({label for _, label in dataset.samples})
         dataset = limited(dataset, options.limit)
@@ -96,7 +101,8 @@ def evaluate(options: EvaluationOptions) -> None:
             print(f"--limit {options.limit}: evaluating {len(dataset)} of {total} images, drawn "
                   f"evenly from {drawn} of {classes} classes (the same images every run)",
                   file=sys.stderr)
-    run = _Evaluation(cfg, spec, evaluator, dataset, distributed.select_device(options.device))
+    run = _Evaluation(cfg, spec, evaluator, dataset,
+                      distributed.select_device("cpu" if exported is not None else options.device))
     distributed.init_distributed(run.device)
     run.world = distributed.get_world_size()
     _predict(run, options, source)
@@ -108,10 +114,7 @@ def _predict(run: _Evaluation, options: EvaluationOptions, source: str) -> None:
     """Load the weights and predict this process's share of the images; rank 0 gets
     ``run.records`` for all of them."""
     main_process = distributed.is_main_process()
-    model = build_model(run.spec)
-    with distributed.main_process_first():
-        state_dict, card = load_checkpoint(source, progress=main_process)
-    load_into(model, state_dict)
+    model, card = _model(run, source, main_process)
     if card is not None and card.num_classes == run.spec.num_classes:
         run.class_names = list(card.class_names) if card.class_names is not None else None
     model.to(run.device).eval()
@@ -141,6 +144,23 @@ def _predict(run: _Evaluation, options: EvaluationOptions, source: str) -> None:
         record["path"] = str(run.dataset.samples[record["index"]][0])
     check_readable(records, "images")
     run.records, run.seconds = records, time.perf_counter() - started
+
+
+def _model(run: _Evaluation, source: str, main_process: bool) -> tuple[torch.nn.Module, ModelCard | None]:
+    """The config's model with the checkpoint's weights, or the exported file ``source`` on its
+    runtime (its class count must be the config's)."""
+    if exported_source(None, source) is not None:
+        exported = open_exported(source)
+        if not exported.classifies or exported.num_classes != run.spec.num_classes:
+            raise InvalidArgumentError(
+                f"{exported.path.name} gives {exported.num_classes or exported.output} classes, the config's "
+                f"model {run.spec.num_classes}; evaluate it with the config it was trained with")
+        return exported, exported.card
+    model = build_model(run.spec)
+    with distributed.main_process_first():
+        state_dict, card = load_checkpoint(source, progress=main_process)
+    load_into(model, state_dict)
+    return model, card
 
 
 def limited(dataset: LabelledImageDataset, limit: int) -> LabelledImageDataset:
