@@ -2,7 +2,9 @@
 default_scope = 'davit'
 
 default_hooks = dict(
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3),
+    # latest.pth (resumable) and best.pth (weights + model card) only; max_keep_ckpts=N (not 0) also keeps
+    # the newest N epoch_N.pth full states (-1: all), each as large as latest.pth
+    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=0, save_best='auto'),
     logger=dict(type='LoggerHook', interval=100),
 )
 

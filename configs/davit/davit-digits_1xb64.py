@@ -68,7 +68,7 @@ train_cfg = dict(by_epoch=True, max_epochs=15, val_interval=1)
 auto_scale_lr = dict(base_batch_size=64)
 
 default_hooks = dict(
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=2),
+    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=0, save_best='auto'),
     logger=dict(type='LoggerHook', interval=10),
 )
 randomness = dict(seed=0, deterministic=False)

@@ -70,7 +70,8 @@ def test_seed_configs(size: str) -> None:
     assert cfg["test_dataloader"]["batch_size"] == 64
     assert cfg["test_dataloader"]["dataset"]["ann_file"] == "meta/val.txt"
     assert cfg["default_scope"] == "davit"
-    assert cfg["default_hooks"]["checkpoint"]["max_keep_ckpts"] == 3
+    assert cfg["default_hooks"]["checkpoint"]["max_keep_ckpts"] == 0  # latest.pth + best.pth only
+    assert cfg["default_hooks"]["checkpoint"]["save_best"] == "auto"
 
 
 def test_config_values_are_not_shared() -> None:
