@@ -90,8 +90,9 @@ def _refuse_exported(path: Path) -> None:
     """Refuse a file ``davit export`` wrote, which is no checkpoint, naming what to do instead."""
     if path.suffix.lower() in _EXPORTED:
         raise InvalidArgumentError(
-            f"{path} is an exported model (davit export's output), which only its runtime runs; pass "
-            "the model it was exported from instead, with --backend onnxruntime or openvino to run it there")
+            f"{path} is an exported model (davit export's output), not PyTorch weights: run it with "
+            "davit predict/serve/embed --model, tools/test.py, inference_model or davit.exported.open_exported, "
+            "or pass the model it was exported from")
 
 
 def _config_card(config: Path | None) -> ModelCard | None:
