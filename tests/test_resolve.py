@@ -70,7 +70,7 @@ def test_an_exported_model_is_refused_in_one_line(tmp_path, name):
     exported.write_bytes(b"not a checkpoint")
     with pytest.raises(InvalidArgumentError, match="is an exported model") as info:
         resolve_model(exported)
-    assert "--backend onnxruntime or openvino" in str(info.value) and "\n" not in str(info.value)
+    assert "davit predict/serve/embed --model" in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(InvalidArgumentError, match="is an exported model"):  # as --checkpoint
         fetch_weights(exported)
 
