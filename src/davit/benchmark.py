@@ -109,6 +109,7 @@ class BenchmarkOptions:
     calibration: str | None = None  # int8: folder of calibration images; None: random images
     calibration_images: int = 32  # int8: at most this many calibration images
     block: int = 5  # with runtimes: timed steps in a row per model
+    seed: int = 0  # the models are timed with random weights drawn from this seed (nothing downloaded)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -167,7 +168,7 @@ def run(options: BenchmarkOptions) -> dict:
     if options.dtype != "fp32" and device.type == "cpu" and not _cpu_supports_bf16():
         raise DeviceError("this CPU has no bfloat16 matrix support; use --dtype fp32")
     ref = resolve_model(options.model)
-    torch.manual_seed(0)
+    torch.manual_seed(options.seed)
     # a Florence-2 encoder is timed as its tower alone: model(x), the last-stage map
     florence2 = is_florence2(ref.arch)
     num_classes = 0 if florence2 else ref.num_classes

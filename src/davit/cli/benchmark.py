@@ -70,6 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--block", type=positive_int, default=5,
                         help="with runtimes: timed steps in a row per model before the next one's "
                              "(default: 5)")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="the models are timed with random weights (offline: nothing is downloaded) "
+                             "drawn from this seed (default: 0)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
     parser.set_defaults(run=run)
     return parser
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats, warmup=args.warmup, device=args.device, timm=not args.no_timm,
         reference=args.reference, backends=tuple(dict.fromkeys(args.backend or ["torch"])),
         int8=args.int8, calibration=args.calibration, calibration_images=args.calibration_images,
-        block=args.block)
+        block=args.block, seed=args.seed)
     report = run_benchmark(options)
     print(format_report(report))
     if args.json:
