@@ -16,7 +16,9 @@ from .transforms import (
     build_test_transform,
     center_crop,
     preprocess,
+    RESIZED_PIXEL_BUDGET,
     resize_short_edge,
+    resized_size,
     short_edge_size,
     to_uint8_crop,
 )
@@ -24,6 +26,7 @@ from .transforms import (
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "RESIZED_PIXEL_BUDGET",
     "AnnotatedImageDataset",
     "ClassFolderDataset",
     "DatasetError",
@@ -38,6 +41,7 @@ __all__ = [
     "imagenet_synsets",
     "load_image",
     "preprocess",
+    "resized_size",
     "resize_short_edge",
     "short_edge_size",
     "to_uint8_crop",

@@ -11,17 +11,28 @@ a fixed (height, width) and does not crop (``exact_size``).
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
-from ..errors import InvalidArgumentError
+from ..errors import ImageLoadError, InvalidArgumentError
 from .images import ImageSource, load_image
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
+
+# The most pixels the resized intermediate (before the crop) may have: 64 megapixels, about 192 MB
+# of RGB. Checked from the input's size before resizing, so an extreme aspect ratio (1 x 60000) or an
+# absurd resize_edge is refused with a one-line error instead of allocating gigabytes.
+RESIZED_PIXEL_BUDGET = 64_000_000
+
+class _HasSizes(Protocol):
+    resize_edge: int
+    exact_size: tuple[int, int] | None
+
 
 _RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,
@@ -52,12 +63,33 @@ def short_edge_size(width: int, height: int, size: int) -> tuple[int, int]:
     return int(size * width / height), size
 
 
+def resized_size(preprocessing: _HasSizes, width: int, height: int, name: str = "the image") -> tuple[int, int]:
+    """(width, height) that ``preprocessing`` (a card's Preprocessing or a TestTransform) resizes a
+    ``width`` x ``height`` image to, refused with :class:`ImageLoadError` naming ``name`` when over
+    :data:`RESIZED_PIXEL_BUDGET`, so callers (the server, from a header) can check before decoding."""
+    exact = getattr(preprocessing, "exact_size", None)
+    size = (exact[1], exact[0]) if exact is not None else short_edge_size(width, height, preprocessing.resize_edge)
+    _check_budget(size, name)
+    return size
+
+
+def _check_budget(size: tuple[int, int], name: str) -> None:
+    """Refuse a resize to ``size`` (width, height) over :data:`RESIZED_PIXEL_BUDGET`."""
+    if size[0] * size[1] > RESIZED_PIXEL_BUDGET:
+        raise ImageLoadError(
+            f"{name} would be resized to {size[0]} x {size[1]} = {size[0] * size[1]} pixels, over the "
+            f"limit of {RESIZED_PIXEL_BUDGET} pixels (davit.data.transforms.RESIZED_PIXEL_BUDGET); "
+            "crop or pad the image to a less extreme aspect ratio, or use a smaller resize_edge")
+
+
 def resize_short_edge(img: Image.Image, size: int, interpolation: str = "bicubic") -> Image.Image:
     """Resize ``img`` so that its short side is ``size``, with Pillow's resampling.
 
     ``interpolation`` is one of nearest, bilinear, bicubic, box, lanczos, hamming.
     """
-    return img.resize(short_edge_size(img.width, img.height, size), _resampling(interpolation))
+    target = short_edge_size(img.width, img.height, size)
+    _check_budget(target, getattr(img, "filename", "") or "the image")
+    return img.resize(target, _resampling(interpolation))
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:
@@ -80,7 +112,11 @@ def to_uint8_crop(
 
     ``img`` is anything :func:`~davit.data.load_image` accepts.
     """
-    resized = resize_short_edge(load_image(img), resize_edge, interpolation)
+    loaded = load_image(img)
+    name = os.fspath(img) if isinstance(img, (str, os.PathLike)) else "the image"
+    target = short_edge_size(loaded.width, loaded.height, resize_edge)
+    _check_budget(target, str(name))
+    resized = loaded.resize(target, _resampling(interpolation))
     return pil_to_tensor(center_crop(resized, crop_size))
 
 
@@ -88,6 +124,7 @@ def to_uint8_resized(img: ImageSource, size: tuple[int, int], interpolation: str
     """``img`` resized to exactly ``size`` (height, width), aspect ratio not kept, as a uint8
     (3, height, width) tensor: Florence-2's processor, which neither keeps the ratio nor crops."""
     height, width = size
+    _check_budget((width, height), str(os.fspath(img)) if isinstance(img, (str, os.PathLike)) else "the image")
     return pil_to_tensor(load_image(img).resize((width, height), _resampling(interpolation)))
 
 
