@@ -12,11 +12,11 @@ from .images import ImageLoadError, ImageSource, load_image
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    RESIZED_PIXEL_BUDGET,
     TestTransform,
     build_test_transform,
     center_crop,
     preprocess,
-    RESIZED_PIXEL_BUDGET,
     resize_short_edge,
     resized_size,
     short_edge_size,
@@ -41,8 +41,8 @@ __all__ = [
     "imagenet_synsets",
     "load_image",
     "preprocess",
-    "resized_size",
     "resize_short_edge",
+    "resized_size",
     "short_edge_size",
     "to_uint8_crop",
 ]
