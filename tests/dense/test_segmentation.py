@@ -1,5 +1,6 @@
 import subprocess
 import sys
+import time
 
 import pytest
 import segmentation_models_pytorch as smp
@@ -8,6 +9,7 @@ from safetensors.torch import save_file
 
 import davit.dense
 from davit.checkpoint.formats import from_davit
+from davit.dense import segmentation
 from davit.errors import InvalidArgumentError, MissingDependencyError
 from davit.model import DaViTClassifier
 
@@ -19,9 +21,9 @@ def _count(model: torch.nn.Module) -> int:
 def test_importing_registers_the_encoders():
     assert set(davit.dense.ENCODERS) <= set(smp.encoders.get_encoder_names())
     settings = smp.encoders.encoders["davit-tiny"]["pretrained_settings"]
-    assert settings["imagenet"]["repo_id"] == "timm/davit_tiny.msft_in1k"
+    assert settings["imagenet"].get("repo_id") == "timm/davit_tiny.msft_in1k"
     florence = smp.encoders.encoders["davit-florence2-large"]["pretrained_settings"]
-    assert florence["florence2"]["repo_id"] == "florence-community/Florence-2-large"
+    assert florence["florence2"].get("repo_id") == "florence-community/Florence-2-large"
 
 
 @pytest.mark.parametrize("decoder", [smp.UPerNet, smp.FPN, smp.Unet])
@@ -82,6 +84,7 @@ def test_encoder_weights_come_through_smp(monkeypatch, timm_weights):
     """smp downloads the registered repo's model.safetensors and hands it to the encoder."""
     classifier, weights = timm_weights
     fetched = []
+    monkeypatch.setattr(segmentation, "download_hf_file", lambda name, filenames: None)  # the quick probe
     monkeypatch.setattr(smp.encoders, "hf_hub_download", lambda repo, filename, revision: fetched.append(repo))
     monkeypatch.setattr(smp.encoders, "load_file", lambda path, device: dict(weights))
     model = smp.FPN(encoder_name="davit-tiny", encoder_weights="imagenet", classes=2)
@@ -89,6 +92,21 @@ def test_encoder_weights_come_through_smp(monkeypatch, timm_weights):
     _same_backbone(model.encoder, classifier)
     own = model.encoder.state_dict()
     model.encoder.load_state_dict(own)  # its own keys load as any module's
+
+
+def test_encoder_weights_offline_fail_at_once_naming_the_cache(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    from davit.errors import DownloadError
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    started = time.monotonic()
+    with pytest.raises(DownloadError) as info:
+        smp.FPN(encoder_name="davit-tiny", encoder_weights="imagenet", classes=2)
+    message = str(info.value)
+    assert time.monotonic() - started < 5  # not huggingface_hub's retries
+    assert str(tmp_path / "hub") in message and "encoder_weights=None" in message and "\n" not in message
 
 
 def test_segmentation_model_takes_any_weights_and_options(tmp_path, timm_weights):

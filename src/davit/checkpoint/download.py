@@ -50,7 +50,8 @@ def _reason(e: BaseException) -> str:
 
 
 def _by_hand(dest: Path) -> str:
-    return f"download the file by hand and put it at {dest}, or pass a local path"
+    return (f"download the file by hand and put it at {dest}, pass a local checkpoint, or run offline "
+            "with random weights (--random-weights; pretrained=False in Python)")
 
 
 def _stream(response, tmp: Path, url: str, dest: Path, progress: bool) -> str:

@@ -94,8 +94,8 @@ def _fetch(repo_id: str, revision: str | None, filename: str) -> Path | None:
 def _unavailable(repo_id: str, filenames: str, reason: str) -> str:
     return (f"could not get {filenames} of Hugging Face Hub repo {repo_id!r}: {reason}, and the "
             f"local cache {hub_cache_folder(repo_id)} does not hold it. Run once with network "
-            "access so that it is cached, set HF_HOME to a cache that holds it, or give a local "
-            "checkpoint file")
+            "access so that it is cached, set HF_HOME to a cache that holds it, give a local "
+            "checkpoint file, or run offline with random weights (--random-weights; pretrained=False in Python)")
 
 
 def download_hf_checkpoint(name: str) -> Path:

@@ -19,8 +19,9 @@ from typing import Any, cast
 from torch import Tensor, nn
 
 from ..checkpoint.formats import to_davit
+from ..checkpoint.hub import HF_PREFIX, download_hf_file
 from ..checkpoint.load import load_backbone
-from ..errors import InvalidArgumentError, require
+from ..errors import DownloadError, InvalidArgumentError, require
 from ..resolve import ModelSource
 from ..zoo import get_model_info
 from .backbone import backbone
@@ -92,6 +93,25 @@ class DaViTEncoder(nn.Module, _encoder_mixin()):  # type: ignore[misc]
         return None
 
 
+class _HubWeights(dict):
+    """smp's ``pretrained_settings`` entry of one weights name (``{"repo_id", "revision"}``). smp reads
+    ``repo_id`` just before it downloads, with huggingface_hub's retries (~23 s offline, ending in a
+    bare ``LocalEntryNotFoundError``); reading it here first fetches (or finds in the cache) the
+    files smp then asks for, through this library's quick probe, so that an offline machine fails at
+    once with the one-line :class:`~davit.errors.DownloadError` naming the cache folder."""
+
+    def __getitem__(self, key: str) -> Any:
+        value = super().__getitem__(key)
+        if key == "repo_id":
+            name = f"{HF_PREFIX}{value}" + (f"@{self['revision']}" if self.get("revision") else "")
+            try:
+                for filename in ("config.json", "model.safetensors"):
+                    download_hf_file(name, (filename,))
+            except DownloadError as error:
+                raise DownloadError(f"{error}; or build the encoder without them (encoder_weights=None)") from None
+        return value
+
+
 def register_encoders() -> list[str]:
     """Add the DaViT encoders to smp's registry (again is harmless) and return their names."""
     require("segmentation_models_pytorch", "dense", _FEATURE)
@@ -100,7 +120,7 @@ def register_encoders() -> list[str]:
     for name, (arch, weights, key) in ENCODERS.items():
         repo = str(get_model_info(weights).weights).removeprefix("hf-hub:")
         encoders[name] = {"encoder": DaViTEncoder, "params": {"arch": arch},
-                          "pretrained_settings": {key: {"repo_id": repo, "revision": None}}}
+                          "pretrained_settings": {key: _HubWeights(repo_id=repo, revision=None)}}
     return list(ENCODERS)
 
 

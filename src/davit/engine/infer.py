@@ -232,11 +232,11 @@ def _open_output(options: InferenceOptions,
 def _load_model(options: InferenceOptions, device: torch.device) -> nn.Module:
     exported = exported_source(options.model, options.checkpoint)
     if exported is not None:
-        model = open_exported(exported, options.backend, options.dtype)
-        if not model.classifies:
-            raise InvalidArgumentError(f"{exported.name} gives {model.output}, not class scores; export a "
+        runner = open_exported(exported, options.backend, options.dtype)
+        if not runner.classifies:
+            raise InvalidArgumentError(f"{exported.name} gives {runner.output}, not class scores; export a "
                                        "classifier to classify, or use davit embed")
-        return model
+        return runner
     with distributed.main_process_first():  # one download, which the other processes reuse
         model, weights = model_and_weights(options.model, options.checkpoint, options.random_weights,
                                            DEFAULT_MODEL)
