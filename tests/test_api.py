@@ -95,7 +95,8 @@ def test_inference_matches_manual_forward(seed_cache):
     model = get_model("davit-tiny_3rdparty_in1k", pretrained=True)
     single = inference_model(model, CAT)
     batch = inference_model(model, [str(CAT), Image.open(COFFEE), np.asarray(Image.open(CAT))])
-    assert set(single) == {"pred_label", "pred_score", "pred_scores", "pred_class"}
+    assert set(single) == {"image", "pred_label", "pred_score", "pred_scores", "pred_class", "topk"}
+    assert single["image"] == str(CAT) and "image" not in batch[1] and [r["index"] for r in batch] == [0, 1, 2]
     x = build_test_transform()(load_image(CAT)).unsqueeze(0)
     with torch.no_grad():
         probs = model(x).softmax(-1)[0]
@@ -114,7 +115,7 @@ def test_batch_keeps_good_results_when_one_file_is_bad(tmp_path, caplog):
     with caplog.at_level(logging.ERROR, logger="davit"):
         results = inference_model(model, [str(CAT), str(bad), str(tmp_path / "missing.jpg"), str(COFFEE)])
     assert [("error" in r) for r in results] == [False, True, True, False]
-    assert "broken.jpg" in results[1]["error"] and "missing.jpg" in results[2]["error"]
+    assert "broken.jpg" in results[1]["error"]["message"] and "missing.jpg" in results[2]["error"]["message"]
     assert "broken.jpg" in caplog.text
     assert "pred_class" not in results[0]  # 3 classes: no class names known
     with pytest.raises(ImageLoadError, match="broken.jpg"):

@@ -77,7 +77,7 @@ def test_test_and_predict_agree_and_use_the_folder_names(trained, tmp_path, caps
                                    "--out-item", "pred"], prog="tools/test.py") == 0
     err = capsys.readouterr().err
     assert err.count("is more than the model's 3 classes") == 1  # topk (1, 5) with 3 classes
-    tested = {Path(r["path"]).resolve(): r for r in json.loads(preds.read_text())}
+    tested = {Path(r["image"]).resolve(): r for r in json.loads(preds.read_text())}
     assert len(tested) == 12
 
     results = tmp_path / "results.jsonl"
@@ -87,7 +87,7 @@ def test_test_and_predict_agree_and_use_the_folder_names(trained, tmp_path, caps
     predicted = [json.loads(line) for line in results.read_text().splitlines()]
     assert len(predicted) == 12
     for record in predicted:
-        path = Path(record["path"]).resolve()
+        path = Path(record["image"]).resolve()
         assert record["pred_class"] in PHOTOS  # the class names are the folder names
         assert record["pred_label"] == tested[path]["pred_label"]
         assert record["pred_class"] == tested[path]["pred_class"]

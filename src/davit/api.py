@@ -17,6 +17,7 @@ from .engine.predict import class_probabilities
 from .errors import CheckpointMismatchError, InvalidArgumentError
 from .exported import ExportedModel, is_exported_file, open_exported
 from .model import DaViTClassifier, Florence2Encoder, build_model, is_florence2
+from .records import error_record, prediction_record
 from .resolve import ModelRef, ModelSource, pretrained_source, resolve_device, resolve_model
 
 logger = logging.getLogger("davit")
@@ -132,13 +133,15 @@ def inference_model(model: Model | ExportedModel | ModelSource, inputs: ImageInp
     """Classify one image (returns a dict) or a list of images (returns a list of dicts), each
     preprocessed as the model's card says.
 
-    Each result has mmpretrain's keys ``pred_label``, ``pred_score``, ``pred_scores`` (all class
-    probabilities) and, when the model knows its class names, ``pred_class``. As in mmpretrain,
+    Each result is a prediction record (:mod:`davit.records`, the shape ``davit predict --json``
+    and the server give): mmpretrain's keys ``pred_label``, ``pred_score``, ``pred_scores`` (all
+    class probabilities, a NumPy array as in mmpretrain), ``pred_class`` when the model knows its
+    class names, the five best as ``topk``, and ``image`` (a file input) / ``index`` (in a list). As in mmpretrain,
     ``model`` is a model or anything :func:`get_model` takes (a name, a config file, a
     checkpoint), built with ``pretrained`` (default: its own weights); ``pretrained`` naming a
     checkpoint is loaded into a given model too. A file ``davit export`` wrote (``.onnx``, ``.xml``,
     ``.pt2``) runs on its runtime with its card (:func:`davit.exported.open_exported`). In a list,
-    an image that cannot be read gives ``{"error": message}`` in its place and is logged; the other
+    an image that cannot be read gives ``{"error": {"code", "message"}}`` in its place and is logged; the other
     results are kept. A single unreadable image raises :class:`ImageLoadError`.
     """
     if batch_size < 1:
@@ -166,8 +169,17 @@ def inference_model(model: Model | ExportedModel | ModelSource, inputs: ImageInp
     tensors, errors = _preprocess(items, transform, raise_errors=single)
     probabilities = _probabilities(model, tensors, batch_size)
     names = getattr(model, "class_names", None)
-    results = [{"error": errors[index]} if index in errors
-               else _prediction(probabilities[index], names) for index in range(len(items))]
+    results = []
+    for index, item in enumerate(items):
+        image = str(item) if isinstance(item, (str, Path)) else None
+        position = None if single else index
+        if index in errors:
+            results.append(error_record(errors[index], image=image, index=position))
+        else:  # mmpretrain gives pred_scores as an array
+            record = prediction_record(probabilities[index], names, with_scores=True, image=image, index=position)
+            if "pred_scores" in record:
+                record["pred_scores"] = probabilities[index]
+            results.append(record)
     return results[0] if single else results
 
 
@@ -209,12 +221,3 @@ def _probabilities(model: Model | ExportedModel, tensors: dict[int, torch.Tensor
         batch = torch.stack([tensors[i] for i in chunk]).to(param.device, param.dtype)
         probabilities.update(zip(chunk, class_probabilities(model, batch, amp=None).cpu().numpy()))
     return probabilities
-
-
-def _prediction(scores: np.ndarray, names: Sequence[str] | None) -> dict:
-    """One image's result, with mmpretrain's keys."""
-    label = int(scores.argmax())
-    result = {"pred_label": label, "pred_score": float(scores[label]), "pred_scores": scores}
-    if names is not None:
-        result["pred_class"] = names[label]
-    return result

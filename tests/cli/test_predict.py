@@ -30,8 +30,8 @@ def test_predict_json_and_bad_file(tiny_mm_checkpoint, tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 1
     records = json.loads(captured.out)
-    assert len(records[0]["predictions"]) == 3 and "class" in records[0]["predictions"][0]
-    assert "bad.png" in records[1]["error"]
+    assert len(records[0]["topk"]) == 3 and "class" in records[0]["topk"][0]
+    assert "bad.png" in records[1]["error"]["message"]
     assert "bad.png" in captured.err
 
 
@@ -63,7 +63,7 @@ def test_random_weights_run_offline(tmp_path, monkeypatch, capsys):
     options = ["--device", "cpu", "--num-workers", "0", "--topk", "2"]  # the default zoo model
     assert run_subcommand("predict", [image, *options, "--random-weights", "--json"]) == 0
     records = json.loads(capsys.readouterr().out)
-    assert records[0]["image"] == image and len(records[0]["predictions"]) == 2
+    assert records[0]["image"] == image and len(records[0]["topk"]) == 2
     checkpoint = str(tmp_path / "w.pth")
     assert run_subcommand("predict", [image, *options, "--random-weights", "--checkpoint", checkpoint]) == 1
     assert "--random-weights and --checkpoint exclude each other" in capsys.readouterr().err
@@ -93,7 +93,7 @@ def test_good_bad_good_to_a_jsonl_file(tiny, tmp_path, capsys):
     assert code == 1
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [("error" in r) for r in records] == [False, True, False]
-    assert "bad.png" in records[1]["error"] and "Traceback" not in captured.err
+    assert "bad.png" in records[1]["error"]["message"] and "Traceback" not in captured.err
     assert captured.out == ""
     assert captured.err.strip() == (f"davit predict: 2 image(s) classified, 1 failed (unreadable; see "
                                    f"the error records); the results are in {out}")
@@ -105,7 +105,7 @@ def test_folders_and_patterns_to_csv(tiny, tmp_path):
     assert run_subcommand("predict", [str(tmp_path / "in" / "**" / "*.png"), *tiny,
                                       "--out", str(out), "--topk", "2"]) == 0
     rows = out.read_text().splitlines()
-    assert rows[0] == "path,pred_label,pred_class,pred_score,topk_labels,topk_scores,error"
+    assert rows[0] == "image,pred_label,pred_class,pred_score,topk_labels,topk_scores,error"
     assert [row.split(",")[0] for row in rows[1:]] == [str(p) for p in images]
 
 
@@ -176,11 +176,11 @@ def test_resume_retries_the_images_that_failed(tiny, tmp_path, capsys, suffix):
                                                f"before; the results are in {out}")
     if suffix == ".jsonl":
         records = [json.loads(line) for line in out.read_text().splitlines()]
-        paths = [r["path"] for r in records]
+        paths = [r["image"] for r in records]
         assert all("error" not in r and "pred_label" in r for r in records)
     else:
         rows = out.read_text().splitlines()
-        assert rows[0].startswith("path,") and all(row.endswith(",") for row in rows[1:])  # no error
+        assert rows[0].startswith("image,") and all(row.endswith(",") for row in rows[1:])  # no error
         paths = [row.split(",")[0] for row in rows[1:]]
     assert sorted(paths) == sorted(map(str, images))
     assert not list(tmp_path.glob(".r*"))  # no temporary file left behind

@@ -49,7 +49,7 @@ def test_predict_on_onnxruntime_gives_torchs_top1_on_the_photos(golden_model, tm
         results[backend] = json.loads(capsys.readouterr().out)
     for torch_result, runtime_result in zip(results["torch"], results["onnxruntime"]):
         assert torch_result["image"] == runtime_result["image"]
-        torch_top, runtime_top = torch_result["predictions"], runtime_result["predictions"]
+        torch_top, runtime_top = torch_result["topk"], runtime_result["topk"]
         assert [top["label"] for top in runtime_top][:1] == [top["label"] for top in torch_top][:1]
         assert runtime_top[0]["score"] == pytest.approx(torch_top[0]["score"], abs=1e-4)
 

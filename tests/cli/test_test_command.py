@@ -111,7 +111,7 @@ def test_limit_draws_across_the_classes(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "--limit 8: evaluating 8 of 20 images, drawn evenly from 2 of 2 classes" in err
         assert "\r" not in err  # no progress bar redraws in a captured log
-        picked.append([(r["path"], r["gt_label"]) for r in json.loads(out.read_text())])
+        picked.append([(r["image"], r["gt_label"]) for r in json.loads(out.read_text())])
     assert picked[0] == picked[1]
     assert [label for _, label in picked[0]] == [0] * 4 + [1] * 4
     assert [Path(path).name for path, _ in picked[0]] == ["1.png", "3.png", "6.png", "8.png"] * 2

@@ -47,6 +47,6 @@ def test_predict_on_a_folder_keeps_the_good_result_under_a_memory_limit(tmp_path
                           cwd=REPO)
     assert done.returncode == 1, done.stderr
     records = {r["image"].rsplit("/", 1)[-1]: r for r in json.loads(done.stdout)}
-    assert records["cat.jpg"]["predictions"]
-    assert "would be resized" in records["tall.png"]["error"]
+    assert records["cat.jpg"]["topk"]
+    assert "would be resized" in records["tall.png"]["error"]["message"]
     assert "MemoryError" not in done.stderr

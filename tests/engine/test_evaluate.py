@@ -116,12 +116,12 @@ def test_metrics_are_exact_and_match_inference_model(tiny_checkpoint, tiny_data,
     records = json.loads(out.read_text())
     metrics = json.loads((tmp_path / "work" / "metrics.json").read_text())
 
-    assert [r["path"] for r in records] == [str(p) for p in paths]
+    assert [r["image"] for r in records] == [str(p) for p in paths]
     assert [r["gt_label"] for r in records] == labels
     top1 = sum(r["pred_label"] == r["gt_label"] for r in records)
     # mmpretrain counts a top-k hit only when its score is above 0 (the default thrs=0.0)
     top5 = sum(any(label == r["gt_label"] and score > 0 for label, score in
-                   zip(r["topk_labels"][:5], r["topk_scores"][:5])) for r in records)
+                   [(t["label"], t["score"]) for t in r["topk"][:5]]) for r in records)
     assert metrics["accuracy/top1"] == 100.0 * top1 / len(records)
     assert metrics["accuracy/top5"] == 100.0 * top5 / len(records)
     assert 0 < top5 < len(records), "the fixture should give a non-trivial top-5 accuracy"
@@ -133,7 +133,7 @@ def test_metrics_are_exact_and_match_inference_model(tiny_checkpoint, tiny_data,
     for record, result in zip(records, expected):
         assert record["pred_label"] == result["pred_label"]
         assert record["pred_score"] == pytest.approx(result["pred_score"], abs=1e-5)
-        assert record["topk_labels"][0] == result["pred_label"]
+        assert record["topk"][0]["label"] == result["pred_label"]
 
 
 def test_two_processes_match_one(tiny_checkpoint, tiny_data, tmp_path):
@@ -155,8 +155,8 @@ def test_two_processes_match_one(tiny_checkpoint, tiny_data, tmp_path):
     one = json.loads((tmp_path / "one.json").read_text())
     assert len(two) == len(one) == len(paths) == 7
     for a, b in zip(one, two):
-        assert (a["index"], a["path"], a["gt_label"], a["pred_label"], a["topk_labels"]) == \
-               (b["index"], b["path"], b["gt_label"], b["pred_label"], b["topk_labels"])
+        assert (a["index"], a["image"], a["gt_label"], a["pred_label"], [t["label"] for t in a["topk"]]) == \
+               (b["index"], b["image"], b["gt_label"], b["pred_label"], [t["label"] for t in b["topk"]])
         assert a["pred_score"] == pytest.approx(b["pred_score"], abs=1e-6)
     m_one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     m_two = json.loads((tmp_path / "two" / "metrics.json").read_text())
@@ -302,7 +302,7 @@ def test_class_folder_dataset(tiny_checkpoint, tmp_path):
                      "--confusion-matrix", "--amp", "bf16"], root, tiny_checkpoint, options) == 0
     records = json.loads(out.read_text())
     assert len(records) == 7
-    assert {Path(r["path"]).relative_to(root).parts[0]: r["gt_label"] for r in records} == \
+    assert {Path(r["image"]).relative_to(root).parts[0]: r["gt_label"] for r in records} == \
            {"cats": 0, "cups": 1}
     csv_text = (tmp_path / "w" / "per_class_accuracy.csv").read_text()
     assert "0,cats,4,0," in csv_text and "1,cups,3,0," in csv_text
@@ -382,5 +382,5 @@ def test_same_metrics_and_predictions_as_mmpretrain(tmp_path, capsys):
     theirs = json.loads((tmp_path / "mm.json").read_text())
     ours = json.loads((tmp_path / "ours.json").read_text())
     for a, b in zip(theirs, ours):
-        assert a["pred_label"] == b["pred_label"] and a["topk_labels"] == b["topk_labels"]
-        assert a["topk_scores"] == pytest.approx(b["topk_scores"], abs=1e-5)
+        assert a["pred_label"] == b["pred_label"] and a["topk_labels"] == [t["label"] for t in b["topk"]]
+        assert a["topk_scores"] == pytest.approx([t["score"] for t in b["topk"]], abs=1e-5)

@@ -136,10 +136,11 @@ def test_a_bad_file_is_an_error_line_in_its_place(checkpoint, tmp_path):
     summary = infer(options(checkpoint, [first, bad, second], out=str(out), topk=3))
 
     records = lines(out)
-    assert [r["path"] for r in records] == [str(first), str(bad), str(second)]
-    assert "bad.png" in records[1]["error"] and set(records[1]) == {"path", "error"}
+    assert [r["image"] for r in records] == [str(first), str(bad), str(second)]
+    assert set(records[1]) == {"image", "error"} and records[1]["error"]["code"] == "unreadable_image"
+    assert "bad.png" in records[1]["error"]["message"]
     for record in (records[0], records[2]):
-        assert set(record) == {"path", "pred_label", "pred_score", "topk"}  # no class names
+        assert set(record) == {"image", "pred_label", "pred_score", "topk"}  # no class names
         assert len(record["topk"]) == 3
         assert record["topk"][0] == {"label": record["pred_label"], "score": record["pred_score"]}
     assert (summary.total, summary.done, summary.failed, summary.classified) == (3, 3, 1, 2)
@@ -153,7 +154,7 @@ def test_csv_output_with_workers(checkpoint, tmp_path):
     infer(options(checkpoint, [*images, bad], out=str(out), topk=2, num_workers=2))
 
     rows = list(csv.DictReader(out.open()))
-    assert [r["path"] for r in rows] == [str(p) for p in [*images, bad]]
+    assert [r["image"] for r in rows] == [str(p) for p in [*images, bad]]
     assert rows[3]["pred_label"] == "" and "bad.png" in rows[3]["error"]
     labels, scores = rows[0]["topk_labels"].split(";"), rows[0]["topk_scores"].split(";")
     assert labels[0] == rows[0]["pred_label"] and float(scores[0]) == float(rows[0]["pred_score"])
@@ -169,7 +170,7 @@ def test_resume_skips_the_done_paths_and_a_cut_last_line(checkpoint, tmp_path):
 
     summary = infer(options(checkpoint, [tmp_path / "in"], out=str(out), resume=True))
 
-    assert [r["path"] for r in lines(out)] == [str(p) for p in images]
+    assert [r["image"] for r in lines(out)] == [str(p) for p in images]
     assert (summary.total, summary.skipped, summary.done) == (5, 2, 3)
     assert out.read_text().startswith("".join(complete.splitlines(keepends=True)[:2]))
 
@@ -180,7 +181,7 @@ def test_resume_appends_csv_rows_under_the_one_header(checkpoint, tmp_path):
     infer(options(checkpoint, images[:1], out=str(out)))
     infer(options(checkpoint, images, out=str(out), resume=True))
     rows = list(csv.reader(out.open()))
-    assert rows[0][0] == "path" and [row[0] for row in rows[1:]] == [str(p) for p in images]
+    assert rows[0][0] == "image" and [row[0] for row in rows[1:]] == [str(p) for p in images]
 
     out.write_text("file,label\nx.png,3\n")
     with pytest.raises(InvalidArgumentError, match="does not have the columns"):
@@ -203,11 +204,11 @@ def test_ctrl_c_keeps_the_finished_lines_and_resume_finishes(checkpoint, tmp_pat
     with pytest.raises(InferenceInterrupted, match="after 4 of 7 images.*--resume") as stop:
         infer(options(checkpoint, [tmp_path / "in"], out=str(out)))
     assert stop.value.summary.done == 4
-    assert [r["path"] for r in lines(out)] == [str(p) for p in images[:4]]
+    assert [r["image"] for r in lines(out)] == [str(p) for p in images[:4]]
 
     monkeypatch.setattr(infer_module, "class_probabilities", original)
     infer(options(checkpoint, [tmp_path / "in"], out=str(out), resume=True))
-    assert [r["path"] for r in lines(out)] == [str(p) for p in images]
+    assert [r["image"] for r in lines(out)] == [str(p) for p in images]
 
 
 def test_images_are_preprocessed_as_the_model_card_says(tmp_path, monkeypatch):
@@ -258,7 +259,7 @@ def test_two_processes_write_each_image_once_in_input_order(checkpoint, tmp_path
     one = Collect()
     infer(options(checkpoint, [tmp_path / "in"]), one)
     two = lines(tmp_path / "two.jsonl")
-    assert [r["path"] for r in two] == [str(p) for p in [*images, bad]]
+    assert [r["image"] for r in two] == [str(p) for p in [*images, bad]]
     for a, b in zip(one.records, two):
         assert a.get("pred_label") == b.get("pred_label") and ("error" in a) == ("error" in b)
 

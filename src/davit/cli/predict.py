@@ -16,6 +16,7 @@ from ..engine import distributed
 from ..engine.infer import DEFAULT_MODEL, InferenceInterrupted, InferenceOptions, InferenceSummary, infer
 from ..engine.predict import DTYPES
 from ..errors import InvalidArgumentError
+from ..records import error_message
 from .app import print_error
 from .argtypes import add_device, add_model_and_checkpoint, add_semantics, non_negative_int, positive_int
 
@@ -43,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--out", metavar="FILE", help="write one result per image to this .jsonl or .csv file, "
                                       "as they are computed, instead of printing them")
     parser.add_argument("--json", action="store_true",
-                        help="print the results as one JSON array (without --out)")
+                        help="print the results as one JSON array of prediction records (without --out)")
     parser.add_argument("--dtype", choices=DTYPES, default="fp32",
                         help="fp32, or run the model under autocast in bf16 or fp16 (fp16 needs "
                              "CUDA) (default: fp32)")
@@ -109,15 +110,13 @@ class _Printer:
         self.records: list[dict] = []
 
     def write(self, record: dict) -> None:
-        path = record["path"]
         with tqdm.external_write_mode(file=sys.stderr):
             if "error" in record:
-                print_error(self.prog, record["error"])
-                self.records.append({"image": path, "error": record["error"]})
-            elif self.as_json:
-                self.records.append({"image": path, "predictions": record["topk"]})
-            else:
-                print(path)
+                print_error(self.prog, error_message(record))
+            if self.as_json:
+                self.records.append(record)
+            elif "error" not in record:
+                print(record["image"])
                 for top in record["topk"]:
                     print(f"  {top['score']:.4f}  {top['label']:4d}  {top.get('class', '')}")
 

@@ -32,6 +32,7 @@ from ..data import imagenet_classes
 from ..data.datasets import LabelledImageDataset
 from ..errors import InvalidArgumentError
 from ..exported import exported_source, open_exported
+from ..records import error_record
 from ..resolve import resolve_weights
 from ..vis.drawing import ClassScore, PredictionPictures
 from . import distributed
@@ -197,9 +198,6 @@ def _report(run: _Evaluation, options: EvaluationOptions) -> None:
     evaluated = len(records) - len(failed)
     class_names = run.dataset.classes
     model_names = run.class_names or _model_class_names(class_names, run.spec.num_classes)
-    for record in records:
-        if "error" not in record and model_names is not None:
-            record["pred_class"] = model_names[record["pred_label"]]
 
     print("  ".join(f"{key}: {value:.4f}" for key, value in metrics.items()))
     print(f"evaluated {evaluated} images, failed {len(failed)} ({run.seconds:.1f} s, "
@@ -231,7 +229,7 @@ def _report(run: _Evaluation, options: EvaluationOptions) -> None:
     if options.out:
         out = Path(options.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        payload = summary if options.out_item == "metrics" else [_public(r) for r in records]
+        payload = summary if options.out_item == "metrics" else [_public(r, model_names) for r in records]
         out.write_text(json.dumps(payload, indent=1), encoding="utf-8")
         saved.append(out)
     print("saved " + ", ".join(str(p) for p in saved), file=sys.stderr)
@@ -260,6 +258,14 @@ def _model_class_names(dataset_classes: list[str] | None, num_classes: int) -> l
     return imagenet_classes() if num_classes == 1000 else None
 
 
-def _public(record: dict) -> dict[str, Any]:
-    """A record for --out, path first."""
-    return {"path": record["path"], **{k: v for k, v in record.items() if k != "path"}}
+def _public(record: dict, names: list[str] | None) -> dict[str, Any]:
+    """A record for ``--out``: the prediction record (:mod:`davit.records`) of the image, with its
+    true label ``gt_label``."""
+    where = {"image": record["path"], "index": record["index"], "gt_label": record["gt_label"]}
+    if "error" in record:
+        return {**where, **error_record(record["error"])}
+    topk = [{"label": label, "score": score, **({"class": names[label]} if names else {})}
+            for label, score in zip(record["topk_labels"], record["topk_scores"])]
+    best = {"pred_label": record["pred_label"], "pred_score": record["pred_score"],
+            **({"pred_class": names[record["pred_label"]]} if names else {})}
+    return {**where, **best, "topk": topk}

@@ -30,6 +30,7 @@ from ..checkpoint.card import Preprocessing
 from ..data.datasets import IMAGE_EXTENSIONS, Batch, LabelledImageDataset, image_files
 from ..errors import DavitError, InvalidArgumentError
 from ..exported import exported_runtime, exported_source, open_exported
+from ..records import error_record, prediction_record
 from ..resolve import model_and_weights, resolve_device
 from ..vis.drawing import ClassScore, PredictionPictures
 from . import distributed
@@ -294,7 +295,7 @@ def _classify(model: nn.Module, pending: list[Path], options: InferenceOptions,
                     if output is not None:
                         output.write(record)
                     if pictures is not None and "error" not in record:
-                        pictures.save(record["path"], [ClassScore(top["label"], top["score"], top.get("class"))
+                        pictures.save(record["image"], [ClassScore(top["label"], top["score"], top.get("class"))
                                                        for top in record["topk"]])
                     summary.failed += "error" in record
                 summary.done += len(step)
@@ -305,23 +306,10 @@ def _classify(model: nn.Module, pending: list[Path], options: InferenceOptions,
 
 def _records(model: nn.Module, batch: Batch, paths: list[Path], device: torch.device,
              amp: torch.dtype | None, k: int, names: Sequence[str] | None) -> list[tuple[int, dict]]:
-    """(input index, record) of each image of ``batch``: its top-``k`` prediction or its error."""
-    records = [(index, {"path": str(paths[index]), "error": error})
-               for index, _, error in batch.failures]
+    """(input index, prediction record) of each image of ``batch``: its top-``k`` or its error."""
+    records = [(index, error_record(error, image=str(paths[index]))) for index, _, error in batch.failures]
     if batch.images is not None:
-        scores = class_probabilities(model, batch.images.to(device, non_blocking=True), amp)
-        top = scores.topk(min(k, scores.shape[1]), dim=1)
-        for index, labels, values in zip(batch.indices, top.indices.tolist(), top.values.tolist()):
-            records.append((index, _prediction(str(paths[index]), labels, values, names)))
+        scores = class_probabilities(model, batch.images.to(device, non_blocking=True), amp).float().cpu().numpy()
+        for index, row in zip(batch.indices, scores):
+            records.append((index, prediction_record(row, names, k, image=str(paths[index]))))
     return records
-
-
-def _prediction(path: str, labels: list[int], scores: list[float],
-                names: Sequence[str] | None) -> dict:
-    """One image's record; the top-1 label leads the top-k list."""
-    topk = [{"label": label, "score": score, **({"class": names[label]} if names else {})}
-            for label, score in zip(labels, scores)]
-    record: dict = {"path": path, "pred_label": labels[0], "pred_score": scores[0]}
-    if names:
-        record["pred_class"] = names[labels[0]]
-    return {**record, "topk": topk}

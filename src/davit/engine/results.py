@@ -24,16 +24,17 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from ..errors import InvalidArgumentError
+from ..records import error_message
 
 FORMATS = (".jsonl", ".csv")
-CSV_COLUMNS = ("path", "pred_label", "pred_class", "pred_score", "topk_labels", "topk_scores",
+CSV_COLUMNS = ("image", "pred_label", "pred_class", "pred_score", "topk_labels", "topk_scores",
                "error")
+OLD_CSV_COLUMNS = ("path", *CSV_COLUMNS[1:])  # earlier versions named the first column "path"
 CSV_SEPARATOR = ";"  # between the k labels (and scores) of one cell
 
 
 class ResultSink(Protocol):
-    """Where per-image records go: ``{"path", "pred_label", "pred_score", ["pred_class"],
-    "topk": [{"label", "score", ["class"]}]}`` or ``{"path", "error"}``."""
+    """Where per-image prediction records (:mod:`davit.records`, with ``image``) go."""
 
     def write(self, record: dict) -> None: ...
 
@@ -76,15 +77,16 @@ class JsonLinesFile(ResultFile):
 
 class CsvFile(ResultFile):
     """A header and one row per image; the top-k labels and scores are ``;``-joined in one cell
-    each."""
+    each, and an error is its message."""
 
     header = ",".join(CSV_COLUMNS) + "\n"
 
     def line(self, record: dict) -> str:
         topk = record.get("topk", [])
-        row = [record["path"], record.get("pred_label", ""), record.get("pred_class", ""),
+        row = [record["image"], record.get("pred_label", ""), record.get("pred_class", ""),
                record.get("pred_score", ""), CSV_SEPARATOR.join(str(t["label"]) for t in topk),
-               CSV_SEPARATOR.join(repr(t["score"]) for t in topk), record.get("error", "")]
+               CSV_SEPARATOR.join(repr(t["score"]) for t in topk),
+               error_message(record) if "error" in record else ""]
         text = io.StringIO()
         csv.writer(text, lineterminator="\n").writerow(row)
         return text.getvalue()
@@ -170,14 +172,15 @@ def _jsonl_paths(file: IO[str], path: Path) -> tuple[set[str], list[str], bool]:
             record = json.loads(line)
         except json.JSONDecodeError:
             record = None
-        if not isinstance(record, dict) or not isinstance(record.get("path"), str):
+        image = record.get("image", record.get("path")) if isinstance(record, dict) else None
+        if not isinstance(image, str):
             raise InvalidArgumentError(f"--resume: {path} line {number} is not a davit predict "
                                        "result; pass the file an earlier run wrote, or drop "
                                        "--resume to start it afresh")
         if "error" in record:
             had_errors = True
-        elif record["path"] not in done:
-            done.add(record["path"])
+        elif image not in done:
+            done.add(image)
             kept.append(line)
     return done, kept, had_errors
 
@@ -189,7 +192,7 @@ def _csv_paths(file: IO[str], path: Path) -> tuple[set[str], list[str], bool]:
     header = next(reader, None)
     if header is None:
         return set(), [], False
-    if tuple(header) != CSV_COLUMNS:
+    if tuple(header) not in (CSV_COLUMNS, OLD_CSV_COLUMNS):
         raise InvalidArgumentError(f"--resume: {path} does not have the columns davit predict "
                                    f"writes ({','.join(CSV_COLUMNS)}); pass the file an earlier "
                                    "run wrote, or drop --resume to start it afresh")

@@ -29,6 +29,7 @@ from .. import __version__
 from ..data.images import load_image
 from ..data.transforms import TestTransform
 from ..errors import InvalidArgumentError
+from ..records import error_record, prediction_record
 from .batching import DynamicBatcher
 from .gate import Gate, error_body, note_error, request_id_of
 from .inputs import Item, open_image, read_items
@@ -140,7 +141,8 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
                                                    "/v1/embed")
         names = served.class_names
         results = await _answer(request, batchers["predict"],
-                                lambda index, row: prediction(index, row, names, top_k, scores))
+                                lambda index, row: prediction_record(row, names, top_k, index=index,
+                                                                   with_scores=scores))
         return JSONResponse({"model": served.name, "results": results})
 
     @app.post("/v1/embed", response_model=EmbedResponse, responses=ERROR_RESPONSES, openapi_extra=IMAGES_BODY)
@@ -177,20 +179,6 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
     return app
 
 
-def prediction(index: int, scores: np.ndarray, names: list[str] | None, k: int, with_scores: bool) -> dict[str, Any]:
-    """One image's classification, with mmpretrain's keys and the top ``k`` (at most every class)."""
-    label = int(scores.argmax())
-    result: dict[str, Any] = {"index": index, "pred_label": label, "pred_score": float(scores[label])}
-    if names is not None:
-        result["pred_class"] = names[label]
-    if with_scores:
-        result["pred_scores"] = scores.tolist()
-    top = np.argsort(-scores, kind="stable")[:k]
-    result["topk"] = [{"label": int(i), "score": float(scores[i]), **({"class": names[i]} if names else {})}
-                      for i in top]
-    return result
-
-
 def _prepare_all(items: list[Item], limits: Limits, transform: TestTransform) -> list[Tensor | Rejected]:
     return [item if isinstance(item, Rejected) else _prepare(item, limits, transform) for item in items]
 
@@ -211,7 +199,7 @@ def _prepare(data: bytes, limits: Limits, transform: TestTransform) -> Tensor | 
 
 
 def _item_error(index: int, refusal: Rejected) -> dict[str, Any]:
-    return {"index": index, "error": {"code": refusal.code, "message": refusal.message}}
+    return error_record(refusal.message, refusal.code, index=index)
 
 
 def _nothing_usable(prepared: list[Tensor | Rejected]) -> Rejected:

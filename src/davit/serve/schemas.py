@@ -8,7 +8,8 @@ from pydantic import BaseModel, Field
 
 
 class ErrorDetail(BaseModel):
-    code: str = Field(description="stable name of the problem, e.g. not_an_image, body_too_large")
+    code: str = Field(description="stable name of the problem, e.g. not_an_image, body_too_large, "
+                                  "non_finite_scores")
     message: str = Field(description="what is wrong and what to do, on one line")
 
 
@@ -29,6 +30,8 @@ class TopK(BaseModel):
 
 
 class Prediction(BaseModel):
+    """The prediction record of :mod:`davit.records` (the server gives ``index``, not ``image``)."""
+
     index: int = Field(description="the image's position in the request, from 0")
     pred_label: int
     pred_score: float
@@ -76,7 +79,8 @@ IMAGES_BODY = {"requestBody": {"required": True, "content": {
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
-    for status, description in [(400, "malformed request"), (401, "missing or wrong bearer token"),
+    for status, description in [(400, "malformed request"),
+                                (401, "no bearer token (code unauthorized) or the wrong one (code wrong_token)"),
                                 (413, "body or image count over the limit"), (415, "unsupported content type"),
                                 (422, "no image of the request could be used, or a bad parameter"),
                                 (503, "request timed out")]}
