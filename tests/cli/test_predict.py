@@ -213,3 +213,15 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(tiny, tmp_path, capsys, m
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal does get the bar
     assert run_subcommand("predict", argv) == 1
     assert "10/10" in capsys.readouterr().err
+
+
+def test_random_weights_are_seeded(tmp_path, capsys):
+    image = str(write_images(tmp_path, 1)[0])
+    options = [image, "--model", TINY_MODEL, "--random-weights", "--device", "cpu", "--num-workers", "0", "--json"]
+
+    def scores(*extra: str) -> list[float]:
+        assert run_subcommand("predict", [*options, *extra]) == 0
+        return [top["score"] for top in json.loads(capsys.readouterr().out)[0]["topk"]]
+
+    assert scores() == scores("--seed", "0")  # the default seed is fixed: the same command, the same answer
+    assert scores("--seed", "3") == scores("--seed", "3") != scores()

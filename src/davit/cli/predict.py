@@ -18,7 +18,15 @@ from ..engine.predict import DTYPES
 from ..errors import InvalidArgumentError
 from ..records import error_message
 from .app import print_error
-from .argtypes import add_device, add_model_and_checkpoint, add_semantics, non_negative_int, positive_int
+from .argtypes import (
+    add_device,
+    add_model_and_checkpoint,
+    add_random_weights,
+    add_semantics,
+    non_negative_int,
+    positive_int,
+    weights_seed,
+)
 
 DESCRIPTION = """Classify images. Results are printed (or written with --out) as each batch is
 done; torchrun --nproc_per_node N -m davit predict ... shares the images among N processes and
@@ -31,9 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="image files, folders (searched recursively) or quoted patterns "
                              "such as 'photos/**/*.jpg'")
     add_model_and_checkpoint(parser, DEFAULT_MODEL)
-    parser.add_argument("--random-weights", action="store_true",
-                        help="build the model with random weights (offline; the classes are then "
-                             "meaningless, but every step runs)")
+    add_random_weights(parser, "the classes are then meaningless, but every step runs")
     parser.add_argument("--topk", type=positive_int, default=5,
                         help="how many of the best classes to report per image (default: 5)")
     parser.add_argument("--batch-size", type=positive_int, default=16,
@@ -78,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, semantics=args.semantics, resume=args.resume, show_dir=args.show_dir,
         backend=args.backend)
     try:
-        summary = infer(options, _Printer(args.prog, args.json))
+        with weights_seed(args.seed):  # the same random weights in every process of a torchrun
+            summary = infer(options, _Printer(args.prog, args.json))
         if args.out and distributed.is_main_process():
             print(f"{args.prog}: {describe(summary)}; the results are in {args.out}",
                   file=sys.stderr)
