@@ -12,7 +12,7 @@ from davit.checkpoint.formats import detect_format, from_davit
 from davit.checkpoint.io import load_state_dict_file
 from davit.checkpoint.load import load_backbone
 from davit.cli.app import run_subcommand
-from davit.dense import DenseBackbone, backbone
+from davit.dense import DenseBackbone, backbone, save_backbone
 from davit.errors import CheckpointMismatchError, InvalidArgumentError
 from davit.model import ARCHS, DaViTClassifier, Florence2Encoder
 from davit.zoo import MODELS
@@ -206,3 +206,20 @@ def test_torchvisions_feature_pyramid_takes_its_out_channels():
     with torch.no_grad():
         pyramid = fpn(OrderedDict((str(i), f) for i, f in enumerate(model(torch.randn(1, 3, 64, 96)))))
     assert [tuple(p.shape[1:]) for p in pyramid.values()] == [(24, 8, 12), (24, 4, 6), (24, 2, 3)]
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_a_saved_backbone_builds_again_from_its_file(tmp_path, suffix):
+    torch.manual_seed(0)
+    model = backbone(ARCH, pretrained=False, semantics="mmpretrain", frozen_stages=1).eval()
+    _randomise_norms(model)
+    x = torch.rand(1, 3, 64, 64)
+    path = save_backbone(model, tmp_path / f"bb{suffix}")
+    again = backbone(str(path)).eval()  # the file alone: its card names the architecture and semantics
+    assert again.semantics == "mmpretrain" and again.embed_dims == model.embed_dims
+    assert all(torch.equal(a, b) for a, b in zip(model(x), again(x)))
+    mmdet = tmp_path / "mmdet.pth"
+    assert run_subcommand("convert", [str(path), str(mmdet), "--to", "mmdet"]) == 0
+    assert all(torch.equal(a, b) for a, b in zip(model(x), backbone(ARCH, pretrained=str(mmdet)).eval()(x)))
+    with pytest.raises(InvalidArgumentError, match="save_pretrained"):
+        save_backbone(DaViTClassifier(ARCH, num_classes=3), tmp_path / "no.safetensors")

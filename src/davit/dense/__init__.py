@@ -6,7 +6,7 @@ installed; detection needs only torchvision.
 from contextlib import suppress
 
 from ..errors import MissingDependencyError
-from .backbone import DenseBackbone, backbone
+from .backbone import DenseBackbone, backbone, save_backbone
 from .detection import DaViTFPN, fasterrcnn, maskrcnn, retinanet
 from .segmentation import ENCODERS, DaViTEncoder, register_encoder, register_encoders, segmentation_model
 
@@ -24,5 +24,6 @@ __all__ = [
     "register_encoder",
     "register_encoders",
     "retinanet",
+    "save_backbone",
     "segmentation_model",
 ]

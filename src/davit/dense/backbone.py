@@ -5,7 +5,9 @@ official code, ``out_norms`` here) and comes out as an NCHW map.
 Classification weights start it (their head dropped, the output norms initialised, each logged),
 and so do Florence-2's towers and the official dense / mmdet checkpoints (see
 :mod:`davit.checkpoint.formats`). Its state dict is this library's backbone keys without the
-``backbone.`` prefix, so ``davit convert`` writes it in any layout.
+``backbone.`` prefix; :func:`save_backbone` writes it as a checkpoint in this library's layout
+with its card, which :func:`backbone` reads back (by file name alone) and ``davit convert``
+writes in any layout.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ..checkpoint.card import default_card
+from ..checkpoint.io import save_state_dict_file
 from ..checkpoint.load import load_backbone, load_checkpoint
 from ..errors import InvalidArgumentError
 from ..model import DaViT, DaViTArch, resolve_arch
@@ -88,3 +92,14 @@ def backbone(name_or_arch: ModelSource, pretrained: bool | str | Path | None = N
     if state_dict is not None:
         load_backbone(model, state_dict)
     return model
+
+
+def save_backbone(model: DenseBackbone, path: str | Path) -> Path:
+    """Write ``model``'s weights (output norms included) and its card (architecture, semantics)
+    to ``path`` (``.safetensors``, or ``.pth``), atomically; ``backbone(path)`` builds it again."""
+    if not isinstance(model, DenseBackbone):
+        raise InvalidArgumentError(f"save_backbone takes a DenseBackbone (davit.dense.backbone), not "
+                                   f"{type(model).__name__}; save a classifier with davit.save_pretrained")
+    card = default_card(model.arch, 0, model.semantics)
+    state_dict = {f"backbone.{key}": value for key, value in model.state_dict().items()}
+    return save_state_dict_file(state_dict, path, metadata=card.to_metadata())
