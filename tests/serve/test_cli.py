@@ -12,7 +12,8 @@ import time
 import httpx
 import pytest
 
-from davit.cli.app import build_parser
+from davit.cli.app import build_parser, run_subcommand
+from davit.cli.serve import bearer_token
 
 
 def test_serve_options_parse():
@@ -63,3 +64,30 @@ def test_davit_serve_subprocess_token_and_graceful_sigterm(tiny_folder, photos):
     assert answers[0].json()["results"][0]["pred_class"] in ("cat", "dog", "cup")
     assert '"request_id": "in-flight"' in output and '"status": 200' in output  # the access log
     assert server.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has stopped
+
+
+@pytest.mark.parametrize("given", [["--token", ""], ["--token", "  "], ["--token-file", "blank"],
+                                   ["--token-file", "missing"], ["env", " "]])
+def test_an_empty_token_never_starts_an_open_server(given, tiny_folder, tmp_path, monkeypatch, capsys):
+    (tmp_path / "blank").write_text("\n")
+    monkeypatch.delenv("DAVIT_SERVE_TOKEN", raising=False)
+    if given[0] == "env":
+        monkeypatch.setenv("DAVIT_SERVE_TOKEN", given[1])
+        given = []
+    elif given[0] == "--token-file":
+        given = ["--token-file", str(tmp_path / given[1])]
+    assert run_subcommand("serve", [str(tiny_folder), "--port", "1", *given]) == 1  # refused before any port is opened
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and ("empty bearer token" in error or "cannot read it" in error)
+
+
+def test_the_token_file_is_read_and_stripped(tmp_path, monkeypatch):
+    (tmp_path / "token").write_text("s3cret\n")
+    monkeypatch.setenv("DAVIT_SERVE_TOKEN", "from-env")
+    args = build_parser().parse_args(["serve", "tiny", "--token-file", str(tmp_path / "token")])
+    assert bearer_token(args) == "s3cret"
+    assert bearer_token(build_parser().parse_args(["serve", "tiny"])) == "from-env"
+    monkeypatch.delenv("DAVIT_SERVE_TOKEN")
+    assert bearer_token(build_parser().parse_args(["serve", "tiny"])) is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "tiny", "--token", "a", "--token-file", "b"])

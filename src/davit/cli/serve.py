@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
-from ..errors import require
+from ..errors import InvalidArgumentError, require
 from ..runtime import BACKENDS, RUNTIME_DTYPES
 from .argtypes import add_checkpoint, add_random_weights, port, positive_int, weights_seed
 
@@ -12,9 +13,9 @@ TOKEN_VARIABLE = "DAVIT_SERVE_TOKEN"
 
 DESCRIPTION = f"""Serve a model over HTTP: POST /v1/predict and /v1/embed (images as multipart
 'images' uploads or JSON {{"images": [base64, ...]}}), GET /v1/models, /health, /metrics and the
-OpenAPI schema (/docs). Concurrent requests are batched. With --token (or {TOKEN_VARIABLE}) every
-endpoint but /health needs 'Authorization: Bearer TOKEN'. Stop with Ctrl-C: accepted requests are
-answered first."""
+OpenAPI schema (/docs). Concurrent requests are batched. With --token-file (or {TOKEN_VARIABLE})
+every endpoint but /health needs 'Authorization: Bearer TOKEN'; an empty or blank token is refused,
+never taken as "no token". Stop with Ctrl-C: accepted requests are answered first."""
 
 
 def positive_float(text: str) -> float:
@@ -50,8 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="runtime of the classifier (default: torch); embeddings run on torch")
     parser.add_argument("--dtype", choices=RUNTIME_DTYPES, default="fp32", help="compute precision (default: fp32)")
     parser.add_argument("--threads", type=positive_int, help="runtime threads (default: one per core)")
-    parser.add_argument("--token", help=f"bearer token required on every endpoint but /health "
-                                        f"(default: ${TOKEN_VARIABLE}; unset: no token)")
+    token = parser.add_mutually_exclusive_group()
+    token.add_argument("--token-file", metavar="FILE",
+                       help=f"file holding the bearer token required on every endpoint but /health (default: "
+                            f"${TOKEN_VARIABLE}; neither: no token)")
+    token.add_argument("--token", help="the bearer token itself (shows in ps: prefer --token-file or "
+                                       f"${TOKEN_VARIABLE})")
     parser.add_argument("--max-body-mb", type=positive_float, default=20.0,
                         help="largest request body in MiB (default: 20)")
     parser.add_argument("--max-pixels", type=positive_int, default=40_000_000,
@@ -74,9 +79,32 @@ def run(args: argparse.Namespace) -> int:
     limits = Limits(max_body_bytes=int(args.max_body_mb * MiB), max_pixels=args.max_pixels,
                     max_images=args.max_images, timeout_s=args.timeout)
     settings = ServeSettings(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, limits=limits,
-                             token=args.token or os.environ.get(TOKEN_VARIABLE) or None, top_k=args.top_k)
+                             token=bearer_token(args), top_k=args.top_k)
     with weights_seed(args.seed):
         served = load_served_model(args.model, checkpoint=args.checkpoint, random_weights=args.random_weights,
                                    backend=args.backend, dtype=args.dtype, threads=args.threads)
     run_server(served, settings, args.host, args.port)
     return 0
+
+
+def bearer_token(args: argparse.Namespace) -> str | None:
+    """The token from ``--token``, ``--token-file`` or the environment (in that order), or None
+    when none is given; refuses one that is given but empty or blank (``--token "$(cat missing)"``
+    must not start an open server)."""
+    if args.token_file is not None:
+        try:
+            text = Path(args.token_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise InvalidArgumentError(f"--token-file {args.token_file}: cannot read it ({error}); give a "
+                                       "readable file holding the token") from None
+        where, token = f"--token-file {args.token_file}", text.strip()
+    elif args.token is not None:
+        where, token = "--token", args.token
+    elif TOKEN_VARIABLE in os.environ:
+        where, token = TOKEN_VARIABLE, os.environ[TOKEN_VARIABLE]
+    else:
+        return None
+    if not token.strip():
+        raise InvalidArgumentError(f"{where} gives an empty bearer token; give a non-empty token, or none "
+                                   "of --token, --token-file and the variable to serve without one")
+    return token

@@ -56,7 +56,8 @@ class ServeSettings:
             raise InvalidArgumentError(f"max_batch_size and top_k must be positive and max_wait_ms not negative, "
                                        f"got {self.max_batch_size}, {self.top_k} and {self.max_wait_ms}")
         if self.token is not None and not self.token.strip():
-            raise InvalidArgumentError("the bearer token is empty; give a non-empty --token or DAVIT_SERVE_TOKEN")
+            raise InvalidArgumentError("the bearer token is empty; give a non-empty token (--token-file or "
+                                       "DAVIT_SERVE_TOKEN)")
 
 
 def create_app(served: ServedModel, settings: ServeSettings | None = None) -> FastAPI:

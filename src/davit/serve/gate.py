@@ -111,7 +111,7 @@ class Gate:
             if verdict == "wrong":  # never echo the token that was sent
                 await self._refuse(scope, send, 401, "wrong_token",
                                    "the bearer token is wrong; send the token the server was started with "
-                                   "(--token or DAVIT_SERVE_TOKEN)",
+                                   "(--token-file or DAVIT_SERVE_TOKEN)",
                                    {"WWW-Authenticate": 'Bearer error="invalid_token"'})
                 return
         try:

@@ -29,7 +29,7 @@ def run_server(served: ServedModel, settings: ServeSettings, host: str = "127.0.
 
     if not is_loopback(host) and settings.token is None:
         logger.warning("serving on %s without a token: anyone who can reach this address can use the model; "
-                       "set --token or DAVIT_SERVE_TOKEN", host)
+                       "give --token-file or DAVIT_SERVE_TOKEN", host)
     config = uvicorn.Config(create_app(served, settings), host=host, port=port, log_config=None,
                             access_log=False, lifespan="on", timeout_graceful_shutdown=graceful_timeout_s)
     uvicorn.Server(config).run()
