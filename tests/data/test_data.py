@@ -210,15 +210,37 @@ def test_not_an_image(tmp_path, content):
 
 
 @pytest.mark.parametrize("fraction", [0.5, 0.9])
-@pytest.mark.parametrize("load_truncated", [False, True])
-def test_truncated_jpeg(tmp_path, monkeypatch, fraction, load_truncated):
+def test_truncated_jpeg(tmp_path, fraction):
     data = CAT.read_bytes()
     path = tmp_path / "cut.jpg"
     path.write_bytes(data[: int(len(data) * fraction)])
-    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", load_truncated)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
     with pytest.raises(ImageLoadError, match="truncated"):
         load_image(path)
-    assert ImageFile.LOAD_TRUNCATED_IMAGES is load_truncated
+
+
+def test_pillows_process_wide_choice_is_the_users_and_never_toggled(tmp_path, monkeypatch):
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(CAT.read_bytes()[:20000])
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    seen = []
+    original = ImageFile.ImageFile.load
+
+    def load(image):  # what another thread decoding meanwhile would see
+        seen.append(ImageFile.LOAD_TRUNCATED_IMAGES)
+        return original(image)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    assert load_image(path).size == Image.open(CAT).size
+    assert seen and all(seen)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_a_fifo_is_refused_without_being_opened(tmp_path):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageLoadError, match="not a regular file"):
+        load_image(fifo)  # opening it would block until a writer comes
 
 
 @pytest.mark.parametrize("size", [(11, 10), (20, 20)])  # over the limit, over twice the limit

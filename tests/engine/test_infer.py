@@ -266,3 +266,29 @@ def test_two_processes_write_each_image_once_in_input_order(checkpoint, tmp_path
 
 def _never(*args, **kwargs):
     raise AssertionError("the model must not be built")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs and symlinks as POSIX has them")
+def test_a_hostile_folder_gives_every_good_image_its_result(checkpoint, tmp_path):
+    """A FIFO, a symlink loop, a second link to one folder, a webp, a gif and a text file: the FIFO is
+    an error record (never opened), each real folder is walked once, the Pillow formats are
+    classified and the text file is counted as passed over."""
+    root = tmp_path / "in"
+    sub = root / "sub"
+    sub.mkdir(parents=True)
+    good = write_images(sub, 2)
+    Image.open(good[0]).save(root / "photo.webp")
+    Image.open(good[0]).save(root / "anim.gif")
+    os.mkfifo(root / "pipe.jpg")
+    (root / "notes.txt").write_text("not an image")
+    (sub / "loop").symlink_to(root, target_is_directory=True)
+    (root / "again").symlink_to(sub, target_is_directory=True)
+    out = tmp_path / "r.jsonl"
+
+    summary = infer(options(checkpoint, [str(root)], out=str(out), topk=2))
+
+    records = {Path(r["image"]).name: r for r in lines(out)}
+    assert len(lines(out)) == len(records) == 5  # each image once
+    assert "not a regular file" in records["pipe.jpg"]["error"]["message"]
+    assert all("pred_label" in records[name] for name in ("photo.webp", "anim.gif", good[0].name, good[1].name))
+    assert (summary.failed, summary.classified, summary.not_images) == (1, 4, 1)

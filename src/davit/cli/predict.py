@@ -12,6 +12,7 @@ import sys
 
 from tqdm import tqdm
 
+from ..data.datasets import IMAGE_EXTENSIONS
 from ..engine import distributed
 from ..engine.infer import DEFAULT_MODEL, InferenceInterrupted, InferenceOptions, InferenceSummary, infer
 from ..engine.predict import DTYPES
@@ -86,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         with weights_seed(args.seed):  # the same random weights in every process of a torchrun
             summary = infer(options, _Printer(args.prog, args.json))
+        if summary.not_images and distributed.is_main_process():
+            print(f"{args.prog}: passed over {summary.not_images} file(s) of the input folders and patterns "
+                  f"that are not images ({'/'.join(IMAGE_EXTENSIONS)})", file=sys.stderr)
         if args.out and distributed.is_main_process():
             print(f"{args.prog}: {describe(summary)}; the results are in {args.out}",
                   file=sys.stderr)

@@ -22,7 +22,9 @@ from .images import ImageLoadError
 
 logger = logging.getLogger("davit")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif")
+# mmpretrain's IMG_EXTENSIONS, and the other formats Pillow reads (a GIF gives its first frame)
+MMPRETRAIN_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif")
+IMAGE_EXTENSIONS = (*MMPRETRAIN_EXTENSIONS, ".tiff", ".webp", ".gif")
 DATASET_TYPES = ("ImageNet", "CustomDataset")
 # Dataset config keys read elsewhere (the pipeline builds the transform) or without effect here.
 _OTHER_KEYS = {"type", "pipeline", "test_mode", "lazy_init", "serialize_data", "max_refetch"}
@@ -152,13 +154,13 @@ class ClassFolderDataset(LabelledImageDataset):
 
     Labels follow the sorted sub-folder names. With ``imagenet_synsets=True`` the sub-folders must
     be ImageNet WordNet ids (``n01440764``) and each takes its ImageNet-1k label, so a subset of the
-    classes keeps the model's numbering. Images are files with the extensions in
-    ``IMAGE_EXTENSIONS`` (any case), in sorted order.
+    classes keeps the model's numbering. Images are files with ``extensions`` (by default
+    :data:`IMAGE_EXTENSIONS`, any case), in sorted order.
     """
 
     def __init__(self, root: str | Path, transform: Transform, classes: list[str] | None = None,
                  num_classes: int | None = None, imagenet_synsets: bool = False,
-                 section: str = "test_dataloader") -> None:
+                 section: str = "test_dataloader", extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> None:
         root = Path(root)
         if not root.is_dir():
             raise DatasetError(f"image folder {root} does not exist; set "
@@ -168,16 +170,16 @@ class ClassFolderDataset(LabelledImageDataset):
             raise DatasetError(f"{root} has no class sub-folders and no annotation file was "
                                "given; put each class's images in a sub-folder, or set "
                                f"{section}.dataset.ann_file")
-        files = {folder: image_files(root / folder) for folder in folders}
+        files = {folder: image_files(root / folder, extensions) for folder in folders}
         empty = [folder for folder in folders if not files[folder]]
         if len(empty) == len(folders):
-            raise DatasetError(f"found no images ({', '.join(IMAGE_EXTENSIONS)}) in the class "
+            raise DatasetError(f"found no images ({', '.join(extensions)}) in the class "
                                f"sub-folders of {root}")
         if empty and not imagenet_synsets:
             # Every sub-folder is a class: an empty one would silently add a class that is
             # never trained (and the error a user sees is about the class count).
             raise DatasetError(f"the class folder(s) {', '.join(str(root / f) for f in empty)} "
-                               f"hold no images ({', '.join(IMAGE_EXTENSIONS)}); add images "
+                               f"hold no images ({', '.join(extensions)}); add images "
                                "or remove the folder(s)")
         if imagenet_synsets:
             labels = _synset_labels(root, folders, section)
@@ -195,7 +197,7 @@ class ClassFolderDataset(LabelledImageDataset):
         samples = [(root / folder / name, labels[folder]) for folder in folders for name in files[folder]]
         if empty:
             logger.warning("no images (%s) in the class folder(s) %s of %s",
-                           ", ".join(IMAGE_EXTENSIONS), ", ".join(empty), root)
+                           ", ".join(extensions), ", ".join(empty), root)
         super().__init__(samples, transform, classes, num_classes, source=str(root))
 
 
@@ -210,14 +212,39 @@ def _synset_labels(root: Path, folders: list[str], section: str) -> dict[str, in
     return {folder: index[folder] for folder in folders}
 
 
-def image_files(folder: Path) -> list[str]:
-    """Relative POSIX paths of the image files under ``folder``, recursively, sorted."""
-    found = []
-    for directory, _, files in os.walk(folder, followlinks=True):
+@dataclass
+class FolderImages:
+    """What a walk of a folder found: the image files (relative POSIX paths, sorted) and how many
+    other files it passed over for their extension."""
+
+    files: list[str]
+    not_images: int = 0
+
+
+def walk_images(folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> FolderImages:
+    """The files under ``folder`` (recursively, symlinked folders followed) whose names end in
+    ``extensions`` (any case). Each real folder is walked once, so a symlink loop, or two links to
+    one folder, lists its images once."""
+    found, not_images = [], 0
+    walked: set[str] = set()
+    for directory, subfolders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(directory)
+        if real in walked:
+            subfolders[:] = []
+            continue
+        walked.add(real)
+        subfolders.sort()
         for name in files:
-            if name.lower().endswith(IMAGE_EXTENSIONS):
+            if name.lower().endswith(extensions):
                 found.append((Path(directory) / name).relative_to(folder).as_posix())
-    return sorted(found)
+            else:
+                not_images += 1
+    return FolderImages(sorted(found), not_images)
+
+
+def image_files(folder: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[str]:
+    """Relative POSIX paths of the image files under ``folder`` (:func:`walk_images`), sorted."""
+    return walk_images(folder, extensions).files
 
 
 def build_dataset(cfg: dict, transform: Transform, num_classes: int | None = None,
@@ -242,9 +269,7 @@ def build_dataset(cfg: dict, transform: Transform, num_classes: int | None = Non
                            f"support: {unknown}; remove them from the config")
     if not cfg.get("with_label", True):
         raise DatasetError("the dataset has with_label=False; evaluation needs labelled images")
-    if tuple(cfg.get("extensions", IMAGE_EXTENSIONS)) != IMAGE_EXTENSIONS:
-        raise DatasetError(f"only the default image extensions {list(IMAGE_EXTENSIONS)} are "
-                           f"supported; remove {section}.dataset.extensions")
+    extensions = _configured_extensions(cfg, section)
 
     data_root = Path(os.path.expanduser(cfg.get("data_root", "")))
     ann_file = cfg.get("ann_file", "")
@@ -277,7 +302,21 @@ def build_dataset(cfg: dict, transform: Transform, num_classes: int | None = Non
         return AnnotatedImageDataset(data_root / os.path.expanduser(ann_file), img_root, transform,
                                      classes, num_classes, section)
     return ClassFolderDataset(img_root, transform, classes if kind == "CustomDataset" else None,
-                              num_classes, imagenet_synsets=kind == "ImageNet", section=section)
+                              num_classes, imagenet_synsets=kind == "ImageNet", section=section,
+                              extensions=extensions)
+
+
+def _configured_extensions(cfg: dict, section: str) -> tuple[str, ...]:
+    """mmpretrain's ``extensions`` (any of :data:`IMAGE_EXTENSIONS`, dot and case optional)."""
+    given = cfg.get("extensions", IMAGE_EXTENSIONS)
+    if isinstance(given, str):
+        given = [given]
+    extensions = tuple("." + str(ext).lower().lstrip(".") for ext in given)
+    unknown = sorted(set(extensions) - set(IMAGE_EXTENSIONS))
+    if not extensions or unknown:
+        raise DatasetError(f"{section}.dataset.extensions {list(given)}: the images this library reads have "
+                           f"the extensions {list(IMAGE_EXTENSIONS)}; list some of those, or remove the option")
+    return extensions
 
 
 def _configured_classes(cfg: dict, section: str) -> list[str] | None:

@@ -3,13 +3,11 @@
 import os
 import re
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeAlias
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageLoadError
 
@@ -28,9 +26,12 @@ def load_image(source: ImageSource) -> Image.Image:
     holds 16-bit data in practice) keeps the high byte (``>> 8``, after
     clipping ``I`` to 0..65535); float grey (``F``) is taken as 0..255.
 
-    Truncated files are refused even when ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``
-    is set (it is switched off, process-wide, while decoding), and so are files over
-    ``PIL.Image.MAX_IMAGE_PIXELS``. Raises :class:`ImageLoadError`.
+    Truncated files are refused (unless the process has set Pillow's
+    ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``: that process-wide choice is the user's,
+    and this library never toggles it), and so are files over
+    ``PIL.Image.MAX_IMAGE_PIXELS`` and anything but a regular file (a FIFO, socket
+    or device is never opened: reading one could block forever). Raises
+    :class:`ImageLoadError`.
     """
     if isinstance(source, (str, os.PathLike)):
         return _load_file(Path(source))
@@ -50,6 +51,9 @@ def _load_file(path: Path) -> Image.Image:
         raise ImageLoadError(f"{path} does not exist; check the image path")
     if path.is_dir():
         raise ImageLoadError(f"{path} is a directory; pass the path of an image file")
+    if not path.is_file():
+        raise ImageLoadError(f"{path} is not a regular file (a FIFO, socket or device) and is not opened; "
+                             "pass image files")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -72,22 +76,10 @@ def _load_file(path: Path) -> Image.Image:
         raise ImageLoadError(f"cannot read {path}: {err}") from err
 
 
-@contextmanager
-def _truncated_images_refused() -> Iterator[None]:
-    """Switch off ``ImageFile.LOAD_TRUNCATED_IMAGES`` for the duration."""
-    previous = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        yield
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
-
-
 def _to_rgb(image: Image.Image, name: str) -> Image.Image:
     """Decode ``image`` fully and return an upright RGB copy of it."""
     try:
-        with _truncated_images_refused():
-            image.load()
+        image.load()
     except (OSError, SyntaxError) as err:
         raise ImageLoadError(
             f"{name} is truncated or corrupt ({err}); re-download or re-export the image"

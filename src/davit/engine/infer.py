@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 from ..api import get_model
 from ..checkpoint.card import Preprocessing
-from ..data.datasets import IMAGE_EXTENSIONS, Batch, LabelledImageDataset, image_files
+from ..data.datasets import IMAGE_EXTENSIONS, Batch, LabelledImageDataset, walk_images
 from ..errors import DavitError, InvalidArgumentError
 from ..exported import exported_runtime, exported_source, open_exported
 from ..records import error_record, prediction_record
@@ -75,6 +76,7 @@ class InferenceSummary:
     skipped: int = 0
     done: int = 0
     failed: int = 0
+    not_images: int = 0  # files in the input folders and patterns passed over for their extension
 
     @property
     def classified(self) -> int:
@@ -98,14 +100,14 @@ def infer(options: InferenceOptions, sink: ResultSink | None = None) -> Inferenc
     input order, as they are computed; on rank 0 only). Raises :class:`InferenceInterrupted` on
     Ctrl-C, after closing the output."""
     _check(options)
-    paths = expand_inputs(options.inputs)
+    paths, not_images = find_images(options.inputs)
     on_torch = options.backend == "torch" and exported_source(options.model, options.checkpoint) is None
     device = _device(options.device if on_torch else options.device or "cpu")
     amp = autocast_dtype(options.dtype, device) if on_torch else None  # a runtime's own
     distributed.init_distributed(device)
     output, done = _open_output(options, sink)
     pending = [path for path in paths if str(path) not in done]
-    summary = InferenceSummary(total=len(paths), skipped=len(paths) - len(pending))
+    summary = InferenceSummary(total=len(paths), skipped=len(paths) - len(pending), not_images=not_images)
     try:
         if pending:
             pictures = PredictionPictures(options.show_dir) \
@@ -155,24 +157,39 @@ def _check_backend(options: InferenceOptions) -> None:
                                    f"{' or bf16' if options.backend == 'openvino' else ''}, not {options.dtype}")
 
 
-def expand_inputs(inputs: Sequence[str]) -> list[Path]:
+class FoundImages(NamedTuple):
+    """The image files inputs name, and how many other files their folders and patterns held."""
+
+    paths: list[Path]
+    not_images: int = 0
+
+
+def find_images(inputs: Sequence[str]) -> FoundImages:
     """The image files ``inputs`` name, each once, in the given order: a file as it is, a folder's
     images (``IMAGE_EXTENSIONS``, any case) recursively in sorted order, and a pattern's sorted
-    matches (its folders searched, its other files kept when they are images). An input that
-    yields nothing is an error."""
+    matches (its folders searched, its other files kept when they are images); files passed over
+    for their extension are counted. A named file that is no regular file (a FIFO ...) is kept, and
+    its record says so (it is never opened). An input that yields nothing is an error."""
     found: dict[str, Path] = {}
     empty = []
+    not_images = 0
     for text in inputs:
-        paths = _expand(text)
-        if not paths:
+        images = _expand(text)
+        if not images.paths:
             empty.append(text)
-        for path in paths:
+        not_images += images.not_images
+        for path in images.paths:
             found.setdefault(os.path.normpath(path), path)
     if empty:
         raise InvalidArgumentError(
             f"{'; '.join(map(_nothing_found, empty))}: pass existing image files, folders holding "
             f"{'/'.join(IMAGE_EXTENSIONS)} images, or patterns such as 'photos/**/*.jpg'")
-    return list(found.values())
+    return FoundImages(list(found.values()), not_images)
+
+
+def expand_inputs(inputs: Sequence[str]) -> list[Path]:
+    """The image files of :func:`find_images`."""
+    return find_images(inputs).paths
 
 
 def _nothing_found(text: str) -> str:
@@ -182,23 +199,29 @@ def _nothing_found(text: str) -> str:
     return f"{text} matches no image" if _PATTERN_CHARS & set(text) else f"{text} does not exist"
 
 
-def _expand(text: str) -> list[Path]:
+def _expand(text: str) -> FoundImages:
     path = Path(text).expanduser()
     if path.is_dir():
         return _images_in(path)
-    if path.is_file() or not _PATTERN_CHARS & set(text):
-        return [path] if path.is_file() else []
+    if path.exists() or not _PATTERN_CHARS & set(text):
+        return FoundImages([path] if path.exists() else [])
     images: list[Path] = []
+    not_images = 0
     for match in sorted(glob.glob(os.path.expanduser(text), recursive=True)):
         if os.path.isdir(match):
-            images.extend(_images_in(Path(match)))
+            inside = _images_in(Path(match))
+            images.extend(inside.paths)
+            not_images += inside.not_images
         elif match.lower().endswith(IMAGE_EXTENSIONS):
             images.append(Path(match))
-    return images
+        else:
+            not_images += 1
+    return FoundImages(images, not_images)
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return [folder / name for name in image_files(folder)]
+def _images_in(folder: Path) -> FoundImages:
+    walk = walk_images(folder)
+    return FoundImages([folder / name for name in walk.files], walk.not_images)
 
 
 def _device(requested: str | None) -> torch.device:
