@@ -10,6 +10,7 @@ headers hold only strings, so ``.pth`` files use the same form); a checkpoint wi
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -27,6 +28,7 @@ from ..model.classifier import DaViTClassifier
 from ..model.florence2 import Florence2Encoder, is_florence2
 
 CARD_KEY = "davit_card"
+MAX_EDGE = 4096  # the largest resize, crop or exact size a card may ask for (Florence-2 takes 768)
 
 
 @dataclass(frozen=True)
@@ -46,15 +48,17 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         for name in ("resize_edge", "crop_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InvalidArgumentError(f"preprocessing {name} must be a positive integer, "
-                                           f"got {value!r}")
-        if not all(isinstance(v, (int, float)) for v in (*self.mean, *self.std)):
-            raise InvalidArgumentError(f"preprocessing mean and std must be numbers, got "
+            _check_edge(f"preprocessing {name}", getattr(self, name))
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (*self.mean, *self.std)):
+            raise InvalidArgumentError(f"preprocessing mean and std must be finite numbers, got "
                                        f"{list(self.mean)} and {list(self.std)}")
+        if not all(v > 0 for v in self.std):
+            raise InvalidArgumentError(f"preprocessing std must be positive (it divides every pixel), got "
+                                       f"{list(self.std)}")
         if self.exact_size is not None:
             object.__setattr__(self, "exact_size", tuple(self.exact_size))
+            for side in self.exact_size:
+                _check_edge("preprocessing exact_size", side)
         self.transform()  # checks the interpolation, exact_size and the channel count of mean and std
 
     def transform(self) -> TestTransform:
@@ -76,6 +80,12 @@ class Preprocessing:
         if self.exact_size is not None:
             values["exact_size"] = list(self.exact_size)
         return values
+
+
+def _check_edge(name: str, value: Any) -> None:
+    """Refuse an image size that is not an integer from 1 to :data:`MAX_EDGE`."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_EDGE:
+        raise InvalidArgumentError(f"{name} must be an integer from 1 to {MAX_EDGE} pixels, got {value!r}")
 
 
 # Florence-2's processor: both sides to 768, bicubic, ImageNet mean and std, no crop.

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..errors import CheckpointMismatchError
+from ..errors import CheckpointError, CheckpointMismatchError
 from ..resolve import fetch_weights
 from .card import ModelCard, card_from_metadata, guess_arch
 from .formats import to_davit
@@ -21,17 +21,32 @@ HEAD_KEYS = ("head.fc.weight", "head.fc.bias")
 _OUT_NORM = re.compile(r"^out_norms\.\d+\.")  # a backbone's output norms, by its own keys
 
 
-def load_checkpoint(source: str | Path, progress: bool = True) -> tuple[dict[str, Tensor], ModelCard | None]:
+def load_checkpoint(source: str | Path, progress: bool = True,
+                    allow_non_finite: bool = False) -> tuple[dict[str, Tensor], ModelCard | None]:
     """Read a checkpoint from any weights source (see :func:`davit.resolve.resolve_weights`):
     its tensors renamed to this library's keys, and the model card it carries (checked against
-    the tensors), None when it has none."""
+    the tensors), None when it has none. Weights with NaN or infinite values are refused (a model
+    built from them can only give garbage) unless ``allow_non_finite``, for research on them."""
     path = fetch_weights(source, progress=progress)
     state_dict, meta = read_checkpoint_file(path)
     state_dict = to_davit(state_dict)
+    if not allow_non_finite:
+        check_finite(state_dict, str(path))
     card = card_from_metadata(meta, str(path))
     if card is not None:
         card.check(state_dict, str(path))
     return state_dict, card
+
+
+def check_finite(state_dict: Mapping[str, Tensor], where: str) -> None:
+    """Refuse a state dict with a NaN or infinite value in a floating-point tensor."""
+    broken = [key for key, value in state_dict.items()
+              if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if broken:
+        raise CheckpointError(f"{where} holds NaN or infinite weights in {len(broken)} tensor(s) ({broken[0]}"
+                              f"{', ...' if len(broken) > 1 else ''}); a model built from it can only give "
+                              "garbage: re-export or re-download it (load_checkpoint(..., allow_non_finite=True) "
+                              "reads it anyway)")
 
 
 def read_checkpoint(source: str | Path, progress: bool = True) -> dict[str, Tensor]:
