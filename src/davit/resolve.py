@@ -32,7 +32,8 @@ from .zoo import MODELS, ModelInfo, get_model_info
 
 ModelSource = str | Path | dict | DaViTArch  # what resolve_model takes
 _REMOTE = re.compile(r"^(https?://|hf-hub:)")
-_FILE_LIKE = (".py", ".pth", ".pt", ".bin", ".safetensors", ".json")
+CONFIG_SUFFIXES = (".py", ".yaml", ".yml")  # a .json is an architecture record; tools/*.py also read .json configs
+_FILE_LIKE = (*CONFIG_SUFFIXES, ".pth", ".pt", ".bin", ".safetensors", ".json")
 _EXPORTED = (".onnx", ".xml", ".pt2")  # what `davit export` writes: runtimes run them, not torch
 
 
@@ -74,7 +75,7 @@ def resolve_model(model: str | Path | dict[str, Any] | DaViTArch, progress: bool
         return _described(text, _config_card(download_hf_file(text, (CONFIG_FILE,), missing_ok=True)), progress)
     path = Path(text).expanduser()
     _refuse_exported(path)
-    if path.is_file() and path.suffix == ".py":
+    if path.is_file() and path.suffix.lower() in CONFIG_SUFFIXES:
         return _config_ref(path)
     if _REMOTE.match(text) or path.is_file():
         return _described(text, None, progress)
@@ -209,7 +210,7 @@ def resolve_weights(source: str | Path) -> str:
         return weights
     path = Path(text).expanduser()
     _refuse_exported(path)
-    if path.is_file() and path.suffix == ".py":
+    if path.is_file() and path.suffix.lower() in CONFIG_SUFFIXES:
         weights = load_config(path).get("load_from")
         if not weights:
             raise InvalidArgumentError(f"the config {text} has no load_from, so it names no "

@@ -55,3 +55,23 @@ def test_impossible_card_values_are_refused_at_load(model, tmp_path, field, valu
     with pytest.raises(CheckpointError, match=message) as refused:
         get_model(str(path))
     assert "\n" not in str(refused.value)
+
+
+class _Payload:  # a pickle that would run code on load
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+@pytest.mark.parametrize("kind", ["object", "truncated"])
+def test_refusals_never_advise_turning_safety_off(model, tmp_path, kind, capsys):
+    path = tmp_path / f"{kind}.pth"
+    if kind == "object":
+        torch.save({"state_dict": model.state_dict(), "extra": _Payload()}, path)
+    else:
+        torch.save(model.state_dict(), path)
+        path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(str(path))
+    message = str(refused.value)
+    assert "weights_only" not in message and "\n" not in message and str(path) in message
+    assert "pwned" not in capsys.readouterr().out

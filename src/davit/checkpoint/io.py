@@ -64,10 +64,11 @@ def _torch_load(path: Path, mmap: bool = False) -> Any:
         raise CheckpointError(
             f"{path} could not be read by the safe (weights-only) loader: it is corrupt, or uses pickle "
             f"features that loader refuses for safety. {_CONVERT_HINT}") from None
-    except Exception as e:
+    except Exception as e:  # torch's own text may advise weights_only=False, which this library never does
+        first = next((line for line in str(e).splitlines() if line.strip() and "weights_only" not in line), "")
         raise CheckpointError(
             f"{path} is not a readable checkpoint (corrupt, truncated or not a torch file?): "
-            f"{type(e).__name__}: {e}") from None
+            f"{type(e).__name__}{': ' + first.strip() if first else ''}") from None
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:

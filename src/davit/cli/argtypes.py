@@ -48,7 +48,8 @@ def add_model_and_checkpoint(parser: argparse.ArgumentParser, default_model: str
     """``--model SOURCE`` (default: the checkpoint's own card, else ``default_model``) and
     ``--checkpoint SOURCE``."""
     parser.add_argument("--model",
-                        help="zoo name (davit list), architecture name, JSON architecture, config, "
+                        help="zoo name (davit list), architecture name, JSON architecture, config (a .py "
+                             "config is code and is executed: only trusted ones; .yaml is data), "
                              "checkpoint, folder or hf-hub: name (default: the --checkpoint's own "
                              f"model card, else {default_model})")
     add_checkpoint(parser)
@@ -63,7 +64,9 @@ def add_checkpoint(parser: argparse.ArgumentParser) -> None:
 def add_config_options(parser: argparse.ArgumentParser, loader: str, work_dir_help: str) -> None:
     """The config positional and ``--cfg-options`` / ``--work-dir``, as mmpretrain's tools take them;
     ``loader`` names the dataloader the override example uses."""
-    parser.add_argument("config", help="config file, e.g. configs/davit/davit-tiny_4xb256_in1k.py")
+    parser.add_argument("config", help="config file, e.g. configs/davit/davit-tiny_4xb256_in1k.py; a .py config "
+                                       "is Python and is executed (load only trusted ones, as with mmengine), "
+                                       ".json and .yaml configs are data and never run anything")
     parser.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                         help=f"override config settings, e.g. {loader}.batch_size=32")
     parser.add_argument("--work-dir", help=work_dir_help)

@@ -1,8 +1,10 @@
-"""mmpretrain-style Python config files: ``_base_`` inheritance, ``--cfg-options`` overrides, dumping.
+"""mmpretrain-style config files: ``_base_`` inheritance, ``--cfg-options`` overrides, dumping.
 
-A config file is Python made of plain assignments. Its public (non ``_``) module-level names that
-hold plain data (dicts, lists, tuples, numbers, strings, bools, None) form the config; imported
-modules, functions and classes are skipped. Config files are executed, so load only trusted ones.
+A ``.py`` config file is Python made of plain assignments. Its public (non ``_``) module-level
+names that hold plain data (dicts, lists, tuples, numbers, strings, bools, None) form the config;
+imported modules, functions and classes are skipped. **Python configs are code**: loading one runs
+it, as mmengine does, so load only trusted ones. ``.json`` and ``.yaml`` / ``.yml`` configs are
+data only: they are parsed, never executed, and their ``_base_`` files must be data configs too.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import ast
 import copy
 import difflib
 import io
+import json
 import keyword
 import pprint
 import tokenize
@@ -18,7 +21,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import yaml
+
 from ..errors import ConfigError
+
+YAML_SUFFIXES = (".yaml", ".yml")
+DATA_SUFFIXES = (".json", *YAML_SUFFIXES)
 
 _SCALARS = {str, int, float, bool, type(None)}
 _WORDS = {"true": True, "false": False, "none": None}
@@ -68,11 +76,23 @@ def format_config(cfg: dict) -> str:
 
 
 def dump_config(cfg: dict, path: str | Path) -> None:
-    """Write ``cfg`` as a Python config file (see :func:`format_config`)."""
+    """Write ``cfg`` as a config file in the format its suffix names: JSON, YAML, or else Python
+    (see :func:`format_config`)."""
     path = Path(path)
-    text = format_config(cfg)
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        text = json.dumps(cfg, indent=2) + "\n"
+    elif suffix in YAML_SUFFIXES:
+        text = yaml.safe_dump(cfg, sort_keys=False)
+    else:
+        text = format_config(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
+
+
+def is_data_config(path: str | Path) -> bool:
+    """Whether ``path`` names a data-only (JSON or YAML) config, which loading never executes."""
+    return Path(path).suffix.lower() in DATA_SUFFIXES
 
 
 def _load_file(path: Path, chain: tuple[Path, ...]) -> dict:
@@ -81,7 +101,10 @@ def _load_file(path: Path, chain: tuple[Path, ...]) -> dict:
         raise ConfigError(f"_base_ cycle: {cycle}")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    namespace = _execute(path)
+    if chain and is_data_config(chain[-1]) and not is_data_config(path):
+        raise ConfigError(f"{chain[-1]} is a data-only config, but its _base_ {path} is Python, which would be "
+                          "executed; give a .json or .yaml base")
+    namespace = _parse(path) if is_data_config(path) else _execute(path)
     cfg: dict = {}
     origin: dict[str, Path] = {}
     for ref in _base_refs(namespace.get("_base_"), path):
@@ -104,6 +127,19 @@ def _load_file(path: Path, chain: tuple[Path, ...]) -> dict:
             raise ConfigError(f"{path}: {err}") from None
         own[key] = value
     return _merge(cfg, own)
+
+
+def _parse(path: Path) -> dict:
+    """A JSON or YAML config's mapping, parsed (YAML's safe loader: plain data only)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as err:
+        where = " ".join(str(err).split())
+        raise ConfigError(f"{path} is not a valid {path.suffix.lstrip('.').upper()} config: {where}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, not a {type(data).__name__}")
+    return data
 
 
 def _execute(path: Path) -> dict:
