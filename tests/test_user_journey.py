@@ -1,4 +1,5 @@
-"""A new user's whole path, offline, with the README's own commands and nothing but real photos:
+"""A new user's whole path, offline, with the README's own commands (each in a process of its own, as
+a user runs them) and nothing but real photos:
 
 build a 3-class folder dataset, fine-tune with data-root ``--cfg-options`` (and ``load_from=None``:
 no weights can be downloaded here), ``tools/test.py`` on the work dir's config and ``best.pth``,
@@ -22,7 +23,6 @@ import pytest
 import torch
 
 import davit
-from davit.cli.app import run_subcommand
 from davit.cli.argtypes import weights_seed
 from davit.engine.embed import load_embeddings
 from tests.paths import REPO
@@ -32,6 +32,16 @@ SIZE = 64
 CONFIG = REPO / "configs" / "davit" / "davit-tiny_finetune_custom.py"
 
 pytest.importorskip("onnxruntime")
+
+
+def run_subcommand(command: str, args: list[str], prog: str | None = None) -> int:
+    """Run the command as the user does, in a process of its own (``tools/train.py``,
+    ``tools/test.py`` or ``davit COMMAND``); its exit status."""
+    program = [str(REPO / prog)] if prog else ["-m", "davit", command]
+    done = subprocess.run([sys.executable, *program, *args], capture_output=True, text=True, timeout=900, cwd=REPO)
+    if done.returncode != 0:
+        print(done.stdout[-3000:], done.stderr[-3000:], sep="\n")
+    return done.returncode
 
 
 def _image(record: dict) -> Path:
@@ -105,7 +115,7 @@ def test_best_pth_predicts_what_tools_test_measured(work, tested, tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
-def test_the_exported_files_predict_and_test_as_the_model(work, tested, exported, fmt, tmp_path, capsys):
+def test_the_exported_files_predict_and_test_as_the_model(work, tested, exported, fmt, tmp_path):
     if fmt not in exported:
         pytest.skip("OpenVINO is not installed")
     predicted = _predict("--model", exported[fmt], work["val"], tmp_path / f"{fmt}.jsonl")
@@ -113,7 +123,6 @@ def test_the_exported_files_predict_and_test_as_the_model(work, tested, exported
     for path, record in predicted.items():
         assert record["pred_label"] == tested[path]["pred_label"]
         assert record["pred_score"] == pytest.approx(tested[path]["pred_score"], abs=1e-4)
-    capsys.readouterr()
     assert run_subcommand("test", [str(work["config"]), str(exported[fmt]), "--work-dir", str(tmp_path / "t")],
                           prog="tools/test.py") == 0
     metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())

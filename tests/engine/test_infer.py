@@ -292,3 +292,23 @@ def test_a_hostile_folder_gives_every_good_image_its_result(checkpoint, tmp_path
     assert "not a regular file" in records["pipe.jpg"]["error"]["message"]
     assert all("pred_label" in records[name] for name in ("photo.webp", "anim.gif", good[0].name, good[1].name))
     assert (summary.failed, summary.classified, summary.not_images) == (1, 4, 1)
+
+
+def test_resume_is_keyed_by_the_file_and_the_model(checkpoint, tmp_path, monkeypatch):
+    write_images(tmp_path / "in", 3)
+    out = tmp_path / "r.jsonl"
+    monkeypatch.chdir(tmp_path)
+    infer(options(checkpoint, ["in"], out=str(out)))  # a relative spelling
+    summary = infer(options(checkpoint, [str((tmp_path / "in").resolve())], out=str(out), resume=True))
+    assert summary.skipped == 3 and len(lines(out)) == 3  # the absolute spelling is the same files
+
+    other = write_tiny_checkpoint(tmp_path / "other.pth")
+    torch.manual_seed(1)
+    changed = torch.load(other, weights_only=True)
+    changed["state_dict"]["head.fc.bias"] = torch.randn_like(changed["state_dict"]["head.fc.bias"])
+    torch.save(changed, other)
+    write_images(tmp_path / "in", 1, "more")
+    with pytest.raises(InvalidArgumentError, match="holds results of another model"):
+        infer(options(str(other), [str(tmp_path / "in")], out=str(out), resume=True))
+    assert len(lines(out)) == 3  # nothing mixed in
+    assert infer(options(checkpoint, [str(tmp_path / "in")], out=str(out), resume=True)).done == 1

@@ -14,6 +14,7 @@ leaves a file that ``--resume`` can carry on from.
 from __future__ import annotations
 
 import glob
+import hashlib
 import math
 import os
 import sys
@@ -36,7 +37,7 @@ from ..resolve import model_and_weights, resolve_device
 from ..vis.drawing import ClassScore, PredictionPictures
 from . import distributed
 from .predict import DTYPES, autocast_dtype, class_probabilities, sharded_loader
-from .results import ResultSink, check_format, open_results
+from .results import ResultSink, check_format, open_results, record_writer
 
 DEFAULT_MODEL = "davit-tiny_3rdparty_in1k"
 PROGRESS_MIN = 9  # fewer images than this get no progress bar
@@ -106,13 +107,16 @@ def infer(options: InferenceOptions, sink: ResultSink | None = None) -> Inferenc
     amp = autocast_dtype(options.dtype, device) if on_torch else None  # a runtime's own
     distributed.init_distributed(device)
     output, done = _open_output(options, sink)
-    pending = [path for path in paths if str(path) not in done]
+    done_real = {os.path.realpath(path) for path in done}  # the same file, however it is spelled
+    pending = [path for path in paths if os.path.realpath(path) not in done_real]
     summary = InferenceSummary(total=len(paths), skipped=len(paths) - len(pending), not_images=not_images)
     try:
         if pending:
             pictures = PredictionPictures(options.show_dir) \
                 if options.show_dir and distributed.is_main_process() else None
-            _classify(_load_model(options, device), pending, options, device, amp, output, summary, pictures)
+            model = _load_model(options, device)
+            _check_writer(options, model)
+            _classify(model, pending, options, device, amp, output, summary, pictures)
     finally:
         if output is not None:
             output.close()
@@ -230,6 +234,36 @@ def _device(requested: str | None) -> torch.device:
         return distributed.select_device(requested)
     return resolve_device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
 
+
+
+def model_identity(model: nn.Module) -> str:
+    """A fingerprint of what ``model`` computes: an exported file's bytes, or else its weights'
+    names, shapes and values (with the card's class names), as 16 hex digits of SHA-256."""
+    digest = hashlib.sha256()
+    path = getattr(model, "path", None)
+    if isinstance(path, Path) and path.is_file():
+        with open(path, "rb") as file:
+            for chunk in iter(lambda: file.read(1 << 20), b""):
+                digest.update(chunk)
+    for name, value in model.state_dict().items():
+        digest.update(f"{name}{tuple(value.shape)}{value.dtype}".encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(repr(getattr(model, "class_names", None)).encode())
+    return digest.hexdigest()[:16]
+
+
+def _check_writer(options: InferenceOptions, model: nn.Module) -> None:
+    """Rank 0 records (or, resuming, checks) the model that writes ``options.out``, and every
+    process stops together when another model wrote it."""
+    problem: DavitError | None = None
+    if options.out is not None and distributed.is_main_process():
+        try:
+            record_writer(options.out, model_identity(model), options.resume)
+        except DavitError as error:
+            problem = error
+    problem = distributed.gather_objects(problem)[0]
+    if problem is not None:
+        raise problem
 
 
 def _open_output(options: InferenceOptions,

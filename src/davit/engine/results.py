@@ -119,6 +119,28 @@ def open_results(out: str, resume: bool) -> tuple[ResultSink, set[str]]:
     return kind(file, fresh=not resume or file.tell() == 0), done
 
 
+def writer_file(out: str | Path) -> Path:
+    """The file beside ``out`` that records which model wrote it (a hidden ``.<name>.model``)."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.model")
+
+
+def record_writer(out: str | Path, identity: str, resume: bool) -> None:
+    """Record that the model ``identity`` writes ``out``; resuming, refuse a file another model
+    wrote (its results would be mixed with this one's in one file)."""
+    marker = writer_file(out)
+    if resume and marker.is_file():
+        earlier = marker.read_text(encoding="utf-8").strip()
+        if earlier and earlier != identity:
+            raise InvalidArgumentError(f"--resume: {out} holds results of another model (fingerprint {earlier}, "
+                                       f"this one is {identity}); resume with the model that wrote it, or "
+                                       "give a new --out")
+    try:
+        marker.write_text(identity + "\n", encoding="utf-8")
+    except OSError as error:
+        raise InvalidArgumentError(f"--out {out}: cannot write {marker} ({error.strerror})") from None
+
+
 def _done_paths(path: Path) -> set[str]:
     """The paths ``path`` holds results for. A last line cut short by a killed run is removed, so
     that appending starts on a line of its own, and error lines are removed (atomically, see the
