@@ -384,3 +384,15 @@ def test_same_metrics_and_predictions_as_mmpretrain(tmp_path, capsys):
     for a, b in zip(theirs, ours):
         assert a["pred_label"] == b["pred_label"] and a["topk_labels"] == [t["label"] for t in b["topk"]]
         assert a["topk_scores"] == pytest.approx([t["score"] for t in b["topk"]], abs=1e-5)
+
+
+def test_an_unwritable_output_is_refused_before_any_image_is_read(tiny_checkpoint, tiny_data, tmp_path, monkeypatch,
+                                                                   capsys):
+    root, _, _ = tiny_data
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    monkeypatch.setattr(evaluate, "predict", lambda *a, **k: pytest.fail("evaluated before checking --out"))
+    assert run_tiny(["--out", str(blocker / "preds.json"), "--work-dir", str(tmp_path / "w")], root,
+                    tiny_checkpoint) != 0
+    error = capsys.readouterr().err.strip()
+    assert f"cannot write in {blocker}" in error and len(error.splitlines()) == 1

@@ -38,6 +38,7 @@ from ..vis.drawing import ClassScore, PredictionPictures
 from . import distributed
 from .predict import AMP_DTYPES, accuracy, check_readable, gather_records, predict, report_k, sharded_loader
 from .reports import save_confusion_matrix, write_per_class_csv
+from .results import check_writable
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,12 @@ def evaluate(options: EvaluationOptions) -> None:
     if options.launcher == "pytorch" and "WORLD_SIZE" not in os.environ:
         raise InvalidArgumentError("--launcher pytorch needs torchrun: torchrun --nproc_per_node N "
                                    "tools/test.py ...")
+    if os.environ.get("RANK", "0") == "0":  # where rank 0 writes, checked before any image is read
+        if options.out:
+            check_writable(Path(options.out).parent, f"--out {options.out}")
+        for folder, option in ((options.work_dir, "--work-dir"), (options.show_dir, "--show-dir")):
+            if folder:
+                check_writable(folder, f"{option} {folder}")
     cfg = load_config(options.config, list(options.cfg_options))
     spec = model_spec(cfg.get("model") or {}, options.semantics)
     evaluator = evaluator_spec(cfg, spec.num_classes)

@@ -92,6 +92,19 @@ class CsvFile(ResultFile):
         return text.getvalue()
 
 
+def check_writable(folder: str | Path, option: str) -> None:
+    """Refuse, before any work, an output folder that cannot be created or written (a read-only
+    place, a file in the way), so that a long run never fails at its end and loses its results."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise InvalidArgumentError(f"{option}: cannot write in {folder} ({error.strerror or error}); give a "
+                                   "writable location") from None
+
+
 def check_format(out: str) -> None:
     """Refuse an output name whose suffix says neither JSON lines nor CSV."""
     if Path(out).suffix.lower() not in FORMATS:
