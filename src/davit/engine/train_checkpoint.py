@@ -39,7 +39,7 @@ from ..checkpoint.io import replacing
 from ..checkpoint.load import load_into
 from ..config import format_config
 from ..config.specs import ModelSpec
-from ..errors import CheckpointError, CheckpointMismatchError, CheckpointNotFoundError, ConfigError
+from ..errors import CheckpointError, CheckpointMismatchError, CheckpointNotFoundError, ConfigError, TrainError
 from . import distributed
 from .state import TrainState
 
@@ -51,12 +51,19 @@ BEST = "best.pth"
 
 def save_atomic(obj: dict, path: Path) -> None:
     """``torch.save`` to a temporary file in the same folder, flushed to disk, then renamed over
-    ``path``: a crash mid-write leaves the previous ``path`` intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with replacing(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    ``path``: a crash mid-write leaves the previous ``path`` intact. A failed write (a full disk,
+    no permission) removes the temporary file and is one :class:`TrainError` line."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with replacing(path) as tmp, open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as error:  # torch.save reports a failed write as a RuntimeError
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else \
+            str(error).splitlines()[0][:200]
+        raise TrainError(f"cannot write the checkpoint {path} ({reason}); free disk space or give a --work-dir "
+                         "that can be written, then resume from the last complete checkpoint (--resume)") from None
 
 
 def link_atomic(source: Path, path: Path) -> None:
