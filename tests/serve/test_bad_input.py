@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import base64
+import socket
 import struct
+import time
 import zlib
 
 import pytest
@@ -99,3 +101,23 @@ def test_unknown_path_and_method(server):
     assert server.http.get("/v2/nothing").json()["error"]["code"] == "not_found"
     answer = server.http.get("/v1/predict")
     assert answer.status_code == 405 and answer.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_a_client_sending_an_oversized_body_reads_the_413(server):
+    """The client sends the whole body it announced (16 MiB, more than the socket buffers hold) before
+    it reads: the server reads and drops it, so the client gets the 413 rather than a reset."""
+    host, port = server.url.removeprefix("http://").split(":")
+    body = b"\xff" * (16 << 20)
+    head = (f"POST /v1/predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        sock.sendall(head)
+        time.sleep(0.2)  # the server has refused by now, from the header alone
+        sock.sendall(body)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
