@@ -14,7 +14,9 @@ What it does, in one script:
 5. checks every answer against :func:`davit.inference_model` on the same file (label, score and
    top-5 within 1e-5), and reports failures, mismatches, served images/s against the offline
    figure, the p50/p99 latency, the server's mean batch size and the images/s of its model runs
-   alone (from /metrics; the gap to the served figure is decoding, preprocessing and HTTP).
+   alone (from /metrics; the gap to the served figure is decoding, preprocessing and HTTP);
+6. reports the server process's peak memory (VmHWM) after the load next to the peak of a fresh
+   process that loads the same folder and classifies one batch of the same size offline.
 
 Exit status 1 when a request failed or an answer differed. The server decodes and preprocesses
 each photo on the same cores as the model, which the offline figure does not include.
@@ -68,6 +70,35 @@ def offline_images_per_second(model: str, batch_size: int) -> float:
     """``davit benchmark --model MODEL --batch-size B --no-timm``'s median images/s."""
     report = run_benchmark(BenchmarkOptions(model=model, batch_size=batch_size, timm=False, repeats=10, warmup=2))
     return float(report["results"]["davit"]["images_per_second"]["median"])
+
+
+_OFFLINE_PEAK = """
+import sys, torch
+from davit import get_model
+model = get_model(sys.argv[1]).eval()
+with torch.inference_mode():
+    model(torch.rand(int(sys.argv[2]), 3, 224, 224))
+print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")))
+"""
+
+
+def peak_memory_mib(pid: int) -> float | None:
+    """A process's peak resident memory (VmHWM, Linux), in MiB."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+    return int(found[1]) / 1024 if found else None
+
+
+def offline_peak_memory_mib(folder: Path, batch_size: int) -> float | None:
+    """The peak memory of a fresh process that loads ``folder`` and classifies one batch."""
+    if not Path("/proc/self/status").exists():
+        return None
+    done = subprocess.run([sys.executable, "-c", _OFFLINE_PEAK, str(folder), str(batch_size)],
+                          capture_output=True, text=True, check=True)
+    return int(done.stdout.split()[-1]) / 1024
 
 
 def free_port() -> int:
@@ -178,6 +209,8 @@ def main() -> int:
             before = batch_totals(url)
             outcome = asyncio.run(load(url, photos, args.clients, args.duration, args.max_requests))
             during = {key: value - before[key] for key, value in batch_totals(url).items()}
+            server_peak = peak_memory_mib(server.pid)
+            offline_peak = offline_peak_memory_mib(folder, args.batch_size)
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=60)
@@ -197,6 +230,10 @@ def main() -> int:
         "mean_batch_size": round(during["images"] / max(during["runs"], 1), 2),
         # the model alone inside the server (its batches' run time), to tell contention from overhead
         "server_model_images_per_s": round(during["images"] / during["seconds"], 2) if during["seconds"] else None,
+        "peak_memory_mib": {"server": round(server_peak, 1) if server_peak else None,
+                            "offline_one_batch": round(offline_peak, 1) if offline_peak else None,
+                            "server_over_offline": round(server_peak / offline_peak, 2)
+                            if server_peak and offline_peak else None},
         "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "torch": torch.__version__,
     }
     print(json.dumps(figures, indent=2))

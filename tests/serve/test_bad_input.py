@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
+import io
 import socket
 import struct
 import time
 import zlib
 
 import pytest
+from PIL import Image
 
-from .conftest import LIMITS
+from davit.serve.app import ServeSettings, create_app
+
+from .conftest import LIMITS, running
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -121,3 +126,28 @@ def test_a_client_sending_an_oversized_body_reads_the_413(server):
                 break
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+
+
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_an_image_whose_resize_is_over_budget_costs_only_its_own_result(server, photos):
+    files = [("images", ("a.jpg", photos["a.jpg"])), ("images", ("tall.png", _png(1, 250_000)))]
+    answer = server.http.post("/v1/predict", files=files)
+    assert answer.status_code == 200
+    good, tall = answer.json()["results"]
+    assert "pred_label" in good and tall["error"]["code"] == "image_too_large"
+    assert "would be resized" in tall["error"]["message"]
+
+
+def test_a_request_shares_one_pixel_budget(served, photos):
+    limits = dataclasses.replace(LIMITS, max_request_pixels=4000)  # a.jpg is 1920 pixels, b.png 2560
+    with running(create_app(served, ServeSettings(limits=limits))) as live:
+        files = [("images", ("a.jpg", photos["a.jpg"])), ("images", ("b.png", photos["b.png"])),
+                 ("images", ("c.jpg", photos["c.jpg"]))]  # c.jpg is 1089 pixels: it still fits
+        first, second, third = live.http.post("/v1/predict", files=files).json()["results"]
+    assert "pred_label" in first and "pred_label" in third
+    assert second["error"]["code"] == "request_too_many_pixels"

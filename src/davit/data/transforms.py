@@ -30,8 +30,11 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 RESIZED_PIXEL_BUDGET = 64_000_000
 
 class _HasSizes(Protocol):
-    resize_edge: int
-    exact_size: tuple[int, int] | None
+    @property
+    def resize_edge(self) -> int: ...
+
+    @property
+    def exact_size(self) -> tuple[int, int] | None: ...
 
 
 _RESAMPLING = {

@@ -27,8 +27,8 @@ from torch import Tensor
 
 from .. import __version__
 from ..data.images import load_image
-from ..data.transforms import TestTransform
-from ..errors import InvalidArgumentError
+from ..data.transforms import TestTransform, resized_size
+from ..errors import ImageLoadError, InvalidArgumentError
 from ..records import error_record, prediction_record
 from .batching import DynamicBatcher
 from .gate import Gate, error_body, note_error, request_id_of
@@ -181,22 +181,46 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
 
 
 def _prepare_all(items: list[Item], limits: Limits, transform: TestTransform) -> list[Tensor | Rejected]:
-    return [item if isinstance(item, Rejected) else _prepare(item, limits, transform) for item in items]
+    """Each image's model input or refusal. The request's images share ``limits.max_request_pixels``
+    (their decoded sizes, from the headers): an image past what is left is refused, the ones
+    before it are kept."""
+    left = limits.max_request_pixels
+    prepared: list[Tensor | Rejected] = []
+    for item in items:
+        if isinstance(item, Rejected):
+            prepared.append(item)
+            continue
+        outcome = _prepare(item, limits, transform, left)
+        if isinstance(outcome, Rejected):
+            prepared.append(outcome)
+        else:
+            prepared.append(outcome[0])
+            left -= outcome[1]
+    return prepared
 
 
-def _prepare(data: bytes, limits: Limits, transform: TestTransform) -> Tensor | Rejected:
-    """One image's model input: decoded as :func:`davit.data.load_image` decodes files, then the
-    model card's transform, as :func:`davit.inference_model` does."""
+def _prepare(data: bytes, limits: Limits, transform: TestTransform, left: int) -> tuple[Tensor, int] | Rejected:
+    """One image's model input and decoded pixel count: decoded as :func:`davit.data.load_image`
+    decodes files, then the model card's transform, as :func:`davit.inference_model` does. Its
+    decoded and resized sizes are checked from the header, before any pixel is decoded."""
     try:
         image = open_image(data, limits)
+        pixels = image.width * image.height
+        if pixels > left:
+            raise Rejected(413, "request_too_many_pixels",
+                           f"the image's {pixels} pixels are over what the request has left of its limit of "
+                           f"{limits.max_request_pixels} pixels; send fewer or smaller images per request")
+        resized_size(transform, image.width, image.height, "the image")
     except Rejected as refusal:
         return refusal
+    except ImageLoadError as error:
+        return Rejected(422, "image_too_large", str(error))
     try:
         decoded = load_image(image)
     except Exception as error:  # any failure to decode untrusted bytes is that image's problem
         message = " ".join(str(error).replace("the given PIL image", "the image").split())
         return Rejected(422, "corrupt_image", message or f"the image cannot be decoded ({type(error).__name__})")
-    return transform(decoded)
+    return transform(decoded), pixels
 
 
 def _item_error(index: int, refusal: Rejected) -> dict[str, Any]:

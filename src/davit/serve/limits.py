@@ -21,9 +21,10 @@ class Limits:
     max_pixels: int = 40_000_000  # per image, width x height from its header
     max_images: int = 32  # per request
     timeout_s: float = 30.0  # from the first byte read to the last byte of the answer
+    max_request_pixels: int = 160_000_000  # decoded pixels of all the images of one request
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_pixels", "max_images", "timeout_s"):
+        for name in ("max_body_bytes", "max_pixels", "max_images", "timeout_s", "max_request_pixels"):
             if getattr(self, name) <= 0:
                 raise InvalidArgumentError(f"the serve limit {name} must be positive, got {getattr(self, name)}")
 
