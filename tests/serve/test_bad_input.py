@@ -151,3 +151,13 @@ def test_a_request_shares_one_pixel_budget(served, photos):
         first, second, third = live.http.post("/v1/predict", files=files).json()["results"]
     assert "pred_label" in first and "pred_label" in third
     assert second["error"]["code"] == "request_too_many_pixels"
+
+
+@pytest.mark.parametrize("body", [b'{"images": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                                  b'{"images": [' + b"9" * 50_000 + b"]}",
+                                  b'{"images": "' + b"\xff\xfe" * 10 + b'"}',
+                                  b'{"images": [' + b'"", ' * 40 + b'""]}'])
+def test_pathological_json_is_a_4xx(server, body):
+    answer = server.http.post("/v1/predict", content=body, headers={"content-type": "application/json"})
+    assert 400 <= answer.status_code < 500, answer.text[:300]
+    assert answer.json()["error"]["code"] in ("malformed_json", "invalid_request", "too_many_images")

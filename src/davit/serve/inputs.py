@@ -34,7 +34,7 @@ async def read_items(request: Request, limits: Limits) -> list[Item]:
     if media_type == "multipart/form-data":
         items = await _multipart_items(request, limits)
     elif media_type == "application/json":
-        items = _json_items(await request.body())
+        items = _json_items(await request.body(), limits)
     else:
         shown = media_type or "none"
         raise Rejected(415, "unsupported_media_type",
@@ -71,15 +71,20 @@ async def _multipart_items(request: Request, limits: Limits) -> list[Item]:
         await form.close()
 
 
-def _json_items(body: bytes) -> list[Item]:
+def _json_items(body: bytes, limits: Limits) -> list[Item]:
     try:
         document: Any = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise Rejected(400, "malformed_json", f"the body is not valid JSON ({error}); send "
+    except RecursionError:
+        raise Rejected(400, "malformed_json", "the JSON body is nested too deeply; send "
+                                              "{\"images\": [base64, ...]}") from None
+    except ValueError as error:  # not JSON, not UTF-8, or a number too long to convert
+        message = " ".join(str(error).split())
+        raise Rejected(400, "malformed_json", f"the body is not valid JSON ({message}); send "
                                               "{\"images\": [base64, ...]}") from None
     if not isinstance(document, dict) or not isinstance(document.get(FIELD), list):
         raise Rejected(400, "invalid_request", f"the JSON body must be an object with an {FIELD!r} list of "
                                                "base64 strings")
+    check_image_count(len(document[FIELD]), limits)  # before any image is decoded
     return [_decode_base64(value) for value in document[FIELD]]
 
 
