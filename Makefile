@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install install-dev demo test lint clean
+.PHONY: install install-dev demo test lint docs clean
 
 # The core package: what inference needs (torch, torchvision, pillow, numpy, safetensors,
 # huggingface_hub, tqdm).
@@ -34,6 +34,9 @@ lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+docs: install-dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet -d build/site
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
