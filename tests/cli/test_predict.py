@@ -1,5 +1,6 @@
 """davit predict."""
 import json
+import os
 import sys
 
 import pytest
@@ -225,3 +226,13 @@ def test_random_weights_are_seeded(tmp_path, capsys):
 
     assert scores() == scores("--seed", "0")  # the default seed is fixed: the same command, the same answer
     assert scores("--seed", "3") == scores("--seed", "3") != scores()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_full_disk_while_writing_results_is_one_line(tiny, tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    out.symlink_to("/dev/full")  # every write: No space left on device
+    images = write_images(tmp_path / "in", 2)
+    assert run_subcommand("predict", [*map(str, images), *tiny, "--out", str(out)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and f"cannot write to {out}" in error and "--resume" in error

@@ -52,13 +52,19 @@ class ResultFile(ABC):
         self.fresh = fresh
 
     def write(self, record: dict) -> None:
-        if self.fresh:
-            self.file.truncate(0)
-            if self.header:
-                self.file.write(self.header)
-            self.fresh = False
-        self.file.write(self.line(record))
-        self.file.flush()
+        line = self.line(record)
+        try:
+            if self.fresh:
+                self.file.truncate(0)
+                if self.header:
+                    self.file.write(self.header)
+                self.fresh = False
+            self.file.write(line)
+            self.file.flush()
+        except OSError as error:  # a full disk, a removed mount: the lines written so far are whole
+            raise InvalidArgumentError(f"cannot write to {self.file.name} ({error.strerror or error}); the results "
+                                       "written so far are kept: free space and run the same command with "
+                                       "--resume") from None
 
     @abstractmethod
     def line(self, record: dict) -> str:
