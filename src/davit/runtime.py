@@ -212,7 +212,9 @@ def convert_to_openvino(model: nn.Module, input_size: tuple[int, int]) -> Any:
     batch = torch.export.Dim("batch", min=1, max=4096)
     with torch.no_grad():
         program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-    return openvino.convert_model(program)
+    # share_weights=False: a shared ov.Model points into the torch tensors, and is corrupt (a segfault
+    # later, at random) once they are freed or changed, e.g. by training the model further
+    return openvino.convert_model(program, share_weights=False)
 
 
 def calibration_batches(calibration: Tensor | Iterable[Tensor] | None) -> list[Tensor]:

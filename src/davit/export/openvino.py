@@ -36,7 +36,9 @@ def convert_plan(plan: ExportPlan) -> Any:
     require("openvino", "openvino", "OpenVINO export")
     import openvino
 
-    return openvino.convert_model(plan.program)
+    # share_weights=False: a shared ov.Model points into the torch tensors, and is corrupt (a segfault
+    # later, at random) once they are freed or changed, e.g. by training the model further
+    return openvino.convert_model(plan.program, share_weights=False)
 
 
 def describe(ov_model: Any, plan: ExportPlan, verified_atol: float | None) -> None:
