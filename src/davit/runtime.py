@@ -19,6 +19,7 @@ The spatial size is fixed at ``input_size`` for the exported runtimes; the batch
 """
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import threading
@@ -169,6 +170,17 @@ class OnnxRuntimeBackend:
         return torch.from_numpy(output)
 
 
+@functools.cache
+def openvino_core() -> Any:
+    """The process's one ``openvino.Core``. Each Core loads the CPU plugin and destroying the last
+    one unloads it while its thread pool may still run, which crashed a long-running process later,
+    at random (a segfault in an idle thread); one Core for the whole process is never destroyed."""
+    require("openvino", "openvino", "the openvino backend")
+    import openvino
+
+    return openvino.Core()
+
+
 class OpenVinoBackend:
     """An OpenVINO model compiled for the CPU, with the dtype as its inference precision (None:
     OpenVINO's own choice for this CPU, bfloat16 where the CPU has it). For an int8 model the
@@ -176,14 +188,13 @@ class OpenVinoBackend:
 
     def __init__(self, ov_model: Any, dtype: str | None, threads: int | None, int8: bool = False) -> None:
         require("openvino", "openvino", "the openvino backend")
-        import openvino
 
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         if dtype is not None:
             config["INFERENCE_PRECISION_HINT"] = OPENVINO_PRECISION[dtype]
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        self.compiled = openvino.Core().compile_model(ov_model, "CPU", config)
+        self.compiled = openvino_core().compile_model(ov_model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.lock = threading.Lock()  # one infer request: calls from several threads take turns
         self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..checkpoint.card import CARD_KEY, ModelCard, card_from_metadata
 from ..errors import CheckpointError, ExportError, InvalidArgumentError, require
+from ..runtime import openvino_core
 from .plan import SIGNATURE_KEY, ExportPlan, input_transform, plan_export, read_signature
 from .verify import Runner, verify_export
 
@@ -73,9 +74,8 @@ def write_openvino(plan: ExportPlan, path: Path, verify: bool = True, atol: floa
 
 def openvino_runner(path: Path) -> Runner:
     """The IR compiled for the CPU in f32 precision, as a function of its one input."""
-    import openvino
 
-    compiled = openvino.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = openvino_core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
     def run(array: np.ndarray) -> np.ndarray:
         return np.asarray(compiled([array])[0])
@@ -97,10 +97,9 @@ def read_openvino_signature(path: str | Path) -> dict | None:
 def read_openvino_model(path: str | Path) -> Any:
     """The ``openvino.Model`` of an IR (or of an ONNX file, which OpenVINO reads too)."""
     require("openvino", "openvino", "reading an OpenVINO model")
-    import openvino
 
     try:
-        return openvino.Core().read_model(str(path))
+        return openvino_core().read_model(str(path))
     except Exception as error:
         raise CheckpointError(f"{path} is not a readable OpenVINO model: {error}") from None
 
