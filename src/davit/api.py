@@ -175,10 +175,10 @@ def inference_model(model: Model | ExportedModel | ModelSource, inputs: ImageInp
         position = None if single else index
         if index in errors:
             results.append(error_record(errors[index], image=image, index=position))
-        else:  # mmpretrain gives pred_scores as an array
-            record = prediction_record(probabilities[index], names, with_scores=True, image=image, index=position)
-            if "pred_scores" in record:
-                record["pred_scores"] = probabilities[index]
+        else:
+            record = prediction_record(probabilities[index], names, image=image, index=position)
+            if "error" not in record:
+                record["pred_scores"] = probabilities[index]  # mmpretrain gives them as an array
             results.append(record)
     return results[0] if single else results
 
