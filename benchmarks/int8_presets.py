@@ -15,10 +15,11 @@ import nncf
 import torch
 from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
-from davit.benchmark import time_in_blocks
+from davit.checkpoint.resolve import resolve_model
+from davit.exported import open_backend
 from davit.model import build_model
-from davit.resolve import resolve_model
-from davit.runtime import OpenVinoBackend, convert_to_openvino, open_backend
+from davit.runtime import OpenVinoBackend, convert_to_openvino
+from davit.timing import time_in_blocks
 
 BATCH = 16
 

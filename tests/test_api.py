@@ -259,7 +259,7 @@ def test_cli_errors_do_not_speak_python(capsys, tmp_path):
 
 def test_a_checkpoint_without_card_named_as_the_model_is_read_once(tmp_path, tiny_weights, monkeypatch):
     """Guessing the card of a cardless file reads its tensors; loading reuses them."""
-    import davit.resolve as resolve
+    import davit.checkpoint.resolve as resolve
 
     path = tmp_path / "published-tiny.pth"
     torch.save({"state_dict": from_davit(tiny_weights, "mmpretrain")}, path)

@@ -72,7 +72,7 @@ def test_options_are_typed_and_checked():
 
 
 def test_profiler_chatter_is_held_back_and_other_stderr_passes(capfd):
-    from davit.benchmark import _without_profiler_chatter
+    from davit.timing import _without_profiler_chatter
 
     with _without_profiler_chatter():
         os.write(2, b"USDT:2026-11-25 12:06:50 28137:28137 SyncActivityProfilerHandler.cpp:39] "
@@ -126,8 +126,8 @@ def test_florence2_tower_against_timm_and_transformers_on_the_same_weights(tmp_p
     import torch
 
     from davit.benchmark import reference_models
+    from davit.checkpoint.resolve import resolve_model
     from davit.model import build_model
-    from davit.resolve import resolve_model
 
     ref = resolve_model(FLORENCE)
     ours = build_model(ref.arch, 0, projection_dim=0).eval()
@@ -181,7 +181,7 @@ def test_runtimes_side_by_side_with_int8_in_blocks(tmp_path, capsys):
 
 
 def test_blocks_run_each_model_in_turn_after_an_untimed_step():
-    from davit.benchmark import time_in_blocks
+    from davit.timing import time_in_blocks
 
     calls = []
     steps = {name: (lambda name=name: calls.append(name)) for name in ("a", "b")}

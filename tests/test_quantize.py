@@ -6,11 +6,12 @@ import torch
 from PIL import Image
 
 from davit import quantize
+from davit.checkpoint.resolve import resolve_model
+from davit.data.calibration import folder_images
 from davit.data.transforms import build_test_transform
 from davit.errors import DatasetError, ExportError, InvalidArgumentError
 from davit.model import build_model
-from davit.quantize import QuantizationReport, check_agreement, check_speed, folder_images, quantize_openvino
-from davit.resolve import resolve_model
+from davit.quantize import QuantizationReport, check_agreement, check_speed, quantize_openvino
 from davit.runtime import OpenVinoBackend, convert_to_openvino
 from tests.helpers import randomise_
 

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
+from davit.checkpoint.resolve import ModelRef, fetch_weights, resolve_device, resolve_model, resolve_weights
 from davit.errors import CheckpointNotFoundError, DeviceError, InvalidArgumentError, UnknownModelError
 from davit.model import ARCHS, DaViTArch
-from davit.resolve import ModelRef, fetch_weights, resolve_device, resolve_model, resolve_weights
 
 MINI = {"embed_dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8]}
 MINI_ARCH = DaViTArch((8, 16, 32, 64), (1, 1, 1, 1), (1, 2, 4, 8))

@@ -5,11 +5,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from davit import runtime
+from davit import exported
 from davit.checkpoint.formats import to_davit
+from davit.data.calibration import calibration_batches
 from davit.errors import InvalidArgumentError, MissingDependencyError
+from davit.exported import open_backend
 from davit.model import DaViTClassifier
-from davit.runtime import BACKENDS, OnnxRuntimeBackend, OpenVinoBackend, convert_to_openvino, open_backend
+from davit.runtime import BACKENDS, OnnxRuntimeBackend, OpenVinoBackend, convert_to_openvino
 
 SIZE = (224, 224)  # the golden input's
 
@@ -87,15 +89,13 @@ def test_open_backend_exports_for_onnxruntime_and_quantises_for_int8(model, onnx
                                                                     monkeypatch):
     import shutil
 
-    import davit.export
-
     sizes = []
 
     def export(model, path, input_size, verify):  # the module's export, copied instead of redone
         sizes.append(input_size)
         return shutil.copy(onnx_file, path) and path
 
-    monkeypatch.setattr(davit.export, "export_onnx", export)
+    monkeypatch.setattr(exported, "export_onnx", export)
     backend = open_backend(model, "onnxruntime", input_size=SIZE)
     assert backend.name == "onnxruntime"
     assert_matches(backend(images), expected, 1e-4)
@@ -136,7 +136,7 @@ def test_openvino_backend_matches_pytorch_in_fp32_and_bf16(ov_model, images, exp
 
 def test_open_backend_converts_for_openvino(model, ov_model, images, expected, monkeypatch):
     sizes = []
-    monkeypatch.setattr(runtime, "convert_to_openvino", lambda m, size: sizes.append(size) or ov_model)
+    monkeypatch.setattr(exported, "convert_to_openvino", lambda m, size: sizes.append(size) or ov_model)
     backend = open_backend(model, "openvino", input_size=SIZE)
     assert sizes == [SIZE] and backend.name == "openvino"
     assert_matches(backend(images), expected, 1e-4)
@@ -168,8 +168,8 @@ def test_a_missing_runtime_names_its_extra(model, monkeypatch):
 
 def test_calibration_batches_take_a_batch_batches_or_single_images():
     batch = torch.zeros(2, 3, 8, 8)
-    assert [b.shape for b in runtime.calibration_batches(batch)] == [(2, 3, 8, 8)]
-    assert [b.shape[0] for b in runtime.calibration_batches([batch, batch[0]])] == [2, 1]
+    assert [b.shape for b in calibration_batches(batch)] == [(2, 3, 8, 8)]
+    assert [b.shape[0] for b in calibration_batches([batch, batch[0]])] == [2, 1]
     with pytest.raises(InvalidArgumentError, match=r"\(N, 3, H, W\)"):
-        runtime.calibration_batches([torch.zeros(1, 8, 8)])
+        calibration_batches([torch.zeros(1, 8, 8)])
     assert BACKENDS == ("torch", "onnxruntime", "openvino")

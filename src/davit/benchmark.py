@@ -35,13 +35,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import os
-import re
 import statistics
 import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
@@ -51,18 +47,20 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .checkpoint.formats import from_davit
+from .checkpoint.resolve import ModelRef, resolve_device, resolve_model
+from .data.calibration import folder_images
 from .data.transforms import build_test_transform
 from .errors import DeviceError, InvalidArgumentError, require
+from .exported import open_backend, open_float_and_int8
 from .flops import count_flops
 from .model import DaViTArch, build_model, is_florence2
-from .resolve import ModelRef, resolve_device, resolve_model
-from .runtime import BACKENDS, Backend, open_backend, open_float_and_int8
+from .runtime import BACKENDS, Backend
+from .timing import CEILING_SIZE, matmul_step, peak_memory, time_alternately, time_in_blocks
 
 DTYPES = ("fp32", "bf16", "pure-bf16")
 MODES = ("inference", "train")
 REFERENCES = ("timm", "transformers", "all")  # transformers: Florence-2 towers only
 TRANSFORMERS_ATTENTIONS = ("eager", "sdpa")
-CEILING_SIZE = 2048
 
 
 @dataclass
@@ -90,7 +88,7 @@ class Timing:
 
 @dataclass(frozen=True)
 class BenchmarkOptions:
-    """What to time: the model (see :func:`davit.resolve.resolve_model`), its input and step."""
+    """What to time: the model (see :func:`davit.checkpoint.resolve.resolve_model`), its input and step."""
 
     model: str = "tiny"
     batch_size: int = 16
@@ -269,8 +267,6 @@ def calibration_images(options: BenchmarkOptions) -> list[Tensor]:
     """The int8 calibration batches: ``options.calibration``'s images resized to the input size,
     or random ones."""
     if options.calibration is not None:
-        from .quantize import folder_images
-
         transform = build_test_transform(exact_size=options.input_size)
         return folder_images(options.calibration, transform, limit=options.calibration_images)
     generator = torch.Generator().manual_seed(2)
@@ -388,103 +384,6 @@ def make_step(model: nn.Module, images: Tensor, labels: Tensor, mode: str, autoc
     return train_step
 
 
-def time_alternately(steps: dict[str, Callable[[], object]], repeats: int, warmup: int,
-                     device: torch.device) -> dict[str, list[float]]:
-    """Seconds per step of each model; the order alternates from one repeat to the next."""
-    names = list(steps)
-    for _ in range(warmup):
-        for name in names:
-            steps[name]()
-    seconds: dict[str, list[float]] = {name: [] for name in names}
-    for repeat in range(repeats):
-        for name in names if repeat % 2 == 0 else names[::-1]:
-            _synchronize(device)
-            start = time.perf_counter()
-            steps[name]()
-            _synchronize(device)
-            seconds[name].append(time.perf_counter() - start)
-    return seconds
-
-
-def time_in_blocks(steps: dict[str, Callable[[], object]], repeats: int, warmup: int,
-                   block: int) -> dict[str, list[float]]:
-    """Seconds per step of each model, timed in blocks: ``block`` steps of one model in a row,
-    after an untimed one, then the next model's (the order alternates from one round to the
-    next), until each has ``repeats`` timed steps."""
-    names = list(steps)
-    for _ in range(warmup):
-        for name in names:
-            steps[name]()
-    seconds: dict[str, list[float]] = {name: [] for name in names}
-    round_index = 0
-    while len(seconds[names[0]]) < repeats:
-        for name in names if round_index % 2 == 0 else names[::-1]:
-            steps[name]()  # wakes this runtime's threads; not timed
-            for _ in range(min(block, repeats - len(seconds[name]))):
-                start = time.perf_counter()
-                steps[name]()
-                seconds[name].append(time.perf_counter() - start)
-        round_index += 1
-    return seconds
-
-
-def peak_memory(step: Callable[[], object], device: torch.device) -> int:
-    """Bytes allocated at the peak of one step beyond what was allocated before it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    from torch.profiler import ProfilerActivity, profile
-
-    with _without_profiler_chatter(), profile(activities=[ProfilerActivity.CPU],
-                                              profile_memory=True) as prof:
-        step()
-    cpu = torch._C._autograd.DeviceType.CPU
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]" and e.device_type() == cpu)
-    total = peak = 0
-    for _, nbytes in events:
-        total += nbytes
-        peak = max(peak, total)
-    return peak
-
-
-_PROFILER_CHATTER = re.compile(
-    r"^(USDT|STAGE|ERROR):\d{4}-\d\d-\d\d [\d:.]+ \d+:\d+ \w+\.cpp:\d+\] "
-    r"(profiler_start|profiler_stop|Completed Stage|gpuGetDeviceCount failed)")
-
-
-@contextlib.contextmanager
-def _without_profiler_chatter() -> Iterator[None]:
-    """Hold back the start/stop lines that PyTorch's profiler library writes to stderr (file
-    descriptor 2); every other line written meanwhile is passed on."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            for line in capture.read().decode(errors="replace").splitlines(keepends=True):
-                if not _PROFILER_CHATTER.match(line):
-                    sys.stderr.write(line)
-
-
-def matmul_step(device: torch.device, dtype: torch.dtype,
-                size: int = CEILING_SIZE) -> Callable[[], object]:
-    """One (size x size) @ (size x size) product: timed with the models, its fastest run gives the
-    matmul ceiling."""
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    return lambda: torch.mm(a, b)
-
-
 def format_report(report: dict) -> str:
     """The report as a Markdown table with a header line and the speed-up."""
     c = report["config"]
@@ -536,11 +435,6 @@ def _runtime_lines(config: dict) -> list[str]:
 
 def _cpu_supports_bf16() -> bool:
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _version(package: str) -> str | None:

@@ -18,6 +18,8 @@ take raw pixels and are for deployments without this library; they are refused h
 """
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,22 @@ from typing import Any
 from torch import Tensor, nn
 
 from .checkpoint.card import ModelCard
-from .errors import InvalidArgumentError
-from .runtime import RUNTIME_DTYPES, Backend, OnnxRuntimeBackend, OpenVinoBackend, TorchBackend
+from .data.calibration import calibration_batches
+from .errors import InvalidArgumentError, require
+from .export import export_onnx, read_card, read_signature
+from .export.exported_program import load_exported_program
+from .export.openvino import INT8_KEY, read_openvino_model
+from .quantize import quantize_onnx_file, quantize_openvino_model
+from .runtime import (
+    BACKENDS,
+    EXTRAS,
+    RUNTIME_DTYPES,
+    Backend,
+    OnnxRuntimeBackend,
+    OpenVinoBackend,
+    TorchBackend,
+    convert_to_openvino,
+)
 
 # suffix -> the runtime a file runs on by default, and every runtime that can run it
 RUNTIMES = {".onnx": ("onnxruntime", "openvino"), ".xml": ("openvino",), ".pt2": ("torch",)}
@@ -128,14 +144,12 @@ def open_exported(path: str | Path, backend: str | None = None, dtype: str = "fp
                   threads: int | None = None) -> ExportedModel:
     """The exported file ``path`` ready to run on ``backend`` (None or "torch": its own runtime, see
     the module docstring) in ``dtype`` (fp32 or bf16) with ``threads`` runtime threads (None: one per core)."""
-    from . import export
-
     path = Path(path).expanduser()
     runtime = exported_runtime(path, backend, dtype)
     if not path.is_file():
         raise InvalidArgumentError(f"{path} does not exist; pass a file davit export wrote")
-    card = export.read_card(path)
-    signature = export.read_signature(path) or _signature_of_older_file(card)
+    card = read_card(path)
+    signature = read_signature(path) or _signature_of_older_file(card)
     if signature["input"] == "pixels":
         raise InvalidArgumentError(
             f"{path} takes raw pixels (exported --with-preprocessing), for deployments without this library; "
@@ -157,12 +171,8 @@ def _backend(path: Path, runtime: str, dtype: str, threads: int | None) -> Backe
     if runtime == "onnxruntime":
         return OnnxRuntimeBackend(path, threads)
     if runtime == "openvino":
-        from .export.openvino import INT8_KEY, read_openvino_model
-
         ov_model = read_openvino_model(path)
         return OpenVinoBackend(ov_model, dtype, threads, int8=ov_model.has_rt_info([INT8_KEY]))
-    from .export.exported_program import load_exported_program
-
     program = load_exported_program(path)[0]
     backend = TorchBackend(program.module(), dtype, threads)
     backend.name = "torch.export" + ("" if dtype == "fp32" else f"-{dtype}")
@@ -183,3 +193,84 @@ def _card_at(card: ModelCard, size: tuple[int, ...]) -> ModelCard:
     else:
         new = replace(pre, exact_size=(height, width))
     return replace(card, preprocessing=new)
+
+
+def open_backend(model: nn.Module, backend: str = "torch", *, dtype: str = "fp32",
+                 input_size: tuple[int, int] = (224, 224), threads: int | None = None, int8: bool = False,
+                 calibration: Tensor | Iterable[Tensor] | None = None) -> Backend:
+    """``model`` (a DaViT classifier or tower, on the CPU) ready to run on ``backend``.
+
+    ``dtype`` is the compute precision (fp32 or bf16; for int8, that of the layers left in
+    floating point); ``threads`` the runtime's worker threads (None: one per core; for ``torch`` it
+    sets ``torch.set_num_threads``, a process-wide setting). ``int8`` quantises the model after
+    training (openvino, onnxruntime) with ``calibration`` images (a (N, 3, H, W) batch or an
+    iterable of such batches, preprocessed as for inference); see :mod:`davit.quantize` for the
+    agreement check that should go with it.
+    """
+    _check(backend, dtype, threads, int8, calibration)
+    model = model.eval().float().cpu()
+    if backend == "torch":
+        return TorchBackend(model, dtype, threads)
+    with tempfile.TemporaryDirectory(prefix="davit-runtime-") as folder:
+        converted = _convert(model, backend, input_size, Path(folder))
+        if int8:
+            return _int8_backend(converted, backend, dtype, threads, calibration_batches(calibration))
+        return _float_backend(converted, backend, dtype, threads)
+
+
+def open_float_and_int8(model: nn.Module, backend: str, *, dtype: str = "fp32",
+                        input_size: tuple[int, int] = (224, 224), threads: int | None = None,
+                        calibration: Tensor | Iterable[Tensor]) -> tuple[Backend, Backend]:
+    """``open_backend(..., int8=False)`` and ``open_backend(..., int8=True)`` from one conversion
+    of ``model`` (a minute for DaViT-tiny), for timing the two side by side."""
+    _check(backend, dtype, threads, True, calibration)
+    model = model.eval().float().cpu()
+    with tempfile.TemporaryDirectory(prefix="davit-runtime-") as folder:
+        converted = _convert(model, backend, input_size, Path(folder))
+        return (_float_backend(converted, backend, dtype, threads),
+                _int8_backend(converted, backend, dtype, threads, calibration_batches(calibration)))
+
+
+def _check(backend: str, dtype: str, threads: int | None, int8: bool, calibration: object) -> None:
+    """Refuse what cannot run, before any conversion (a minute for DaViT-tiny) is spent on it."""
+    if backend not in BACKENDS:
+        raise InvalidArgumentError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if dtype not in RUNTIME_DTYPES:
+        raise InvalidArgumentError(f"dtype must be one of {', '.join(RUNTIME_DTYPES)} for a runtime, "
+                                   f"not {dtype!r}")
+    if threads is not None and threads < 1:
+        raise InvalidArgumentError(f"threads must be a positive integer, got {threads}")
+    if backend == "torch":
+        if int8:
+            raise InvalidArgumentError("int8 runs on the openvino or onnxruntime backend, not torch; "
+                                       "use --backend openvino")
+        return
+    if int8 and calibration is None:
+        raise InvalidArgumentError("int8 needs calibration images (a batch or batches of "
+                                   "preprocessed images) to choose the quantisation ranges")
+    if backend == "onnxruntime" and dtype != "fp32":
+        raise InvalidArgumentError("ONNX Runtime's CPU provider has no bfloat16 path; use dtype "
+                                   "fp32 (or int8) with onnxruntime, or bf16 with openvino")
+    require(*EXTRAS[backend], f"the {backend} backend")
+    if int8 and backend == "openvino":
+        require("nncf", "openvino", "int8 quantisation with OpenVINO")
+
+
+def _convert(model: nn.Module, backend: str, input_size: tuple[int, int], folder: Path) -> Any:
+    """``model`` in the runtime's format: an ``openvino.Model``, or an ONNX file in ``folder``."""
+    if backend == "openvino":
+        return convert_to_openvino(model, input_size)
+    return export_onnx(model, folder / "model.onnx", input_size=input_size, verify=False)
+
+
+def _float_backend(converted: Any, backend: str, dtype: str, threads: int | None) -> Backend:
+    if backend == "openvino":
+        return OpenVinoBackend(converted, dtype, threads)
+    return OnnxRuntimeBackend(converted, threads)
+
+
+def _int8_backend(converted: Any, backend: str, dtype: str, threads: int | None,
+                  calibration: list[Tensor]) -> Backend:
+    if backend == "openvino":
+        return OpenVinoBackend(quantize_openvino_model(converted, calibration), dtype, threads, int8=True)
+    return OnnxRuntimeBackend(quantize_onnx_file(converted, calibration), threads, "onnxruntime-int8")

@@ -31,14 +31,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
-from .benchmark import time_in_blocks
-from .data.datasets import image_files
-from .data.images import load_image
-from .data.transforms import TestTransform
-from .errors import DatasetError, DavitError, ExportError, InvalidArgumentError, require
-from .runtime import OpenVinoBackend, calibration_batches, convert_to_openvino
+from .data.calibration import calibration_batches
+from .errors import DatasetError, ExportError, InvalidArgumentError, require
+from .runtime import OpenVinoBackend, convert_to_openvino
+from .timing import time_in_blocks
 
 logger = logging.getLogger("davit")
 
@@ -201,27 +198,6 @@ def top1_agreement(model: nn.Module, backend: Callable[[Tensor], Tensor], batche
             same += int((backend(chunk).argmax(dim=1) == expected).sum())
             total += len(chunk)
     return same / total
-
-
-def folder_images(folder: str | Path, transform: TestTransform, batch_size: int = EVAL_BATCH,
-                  limit: int | None = None, what: str = "calibration") -> list[Tensor]:
-    """The image files under ``folder`` (recursively, sorted; at most ``limit``) preprocessed by
-    ``transform`` into (N, 3, H, W) batches. An unreadable image is skipped with a warning; a
-    folder without images raises :class:`DatasetError` (``what`` names the folder's role)."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise DatasetError(f"the {what} folder {root} does not exist; give a folder of images")
-    files = image_files(root)[:limit]
-    tensors = []
-    for name in tqdm(files, desc=f"reading {what} images", unit="img", leave=False):
-        try:
-            tensors.append(transform(load_image(root / name)))
-        except DavitError as error:
-            logger.warning("skipped an unreadable %s image: %s", what, error)
-    if not tensors:
-        raise DatasetError(f"the {what} folder {root} holds no readable images (.jpg, .png, ...); "
-                           "give a folder with some of the images the model will see")
-    return [torch.stack(tensors[i:i + batch_size]) for i in range(0, len(tensors), batch_size)]
 
 
 def _nonempty(batches: list[Tensor], what: str) -> list[Tensor]:

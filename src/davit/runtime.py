@@ -1,7 +1,8 @@
-"""Run a DaViT model on a CPU inference runtime: PyTorch itself, ONNX Runtime or OpenVINO.
+"""The CPU inference runtimes a DaViT model runs on: PyTorch itself, ONNX Runtime or OpenVINO,
+each behind one small class. :func:`davit.exported.open_backend` opens one for a PyTorch model
+(exporting it for the runtime), :func:`davit.exported.open_exported` for a file ``davit export`` wrote.
 
-Every runtime is opened the same way, ``open_backend(model, "openvino", dtype="bf16")``, and called
-the same way, ``backend(images)``: a (N, 3, H, W) float32 batch, already normalised, in; the
+Every runtime is called the same way, ``backend(images)``: a (N, 3, H, W) float32 batch, already normalised, in; the
 model's float32 output (logits) out, on the CPU. That lets ``davit benchmark`` time the same weights
 on each runtime, and prediction use whichever is fastest, without knowing how each is driven.
 
@@ -21,17 +22,15 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 import threading
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from .engine.predict import autocast_dtype
-from .errors import InvalidArgumentError, require
+from .dtypes import autocast_dtype
+from .errors import require
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 RUNTIME_DTYPES = ("fp32", "bf16")
@@ -45,91 +44,6 @@ class Backend(Protocol):
     name: str
 
     def __call__(self, images: Tensor) -> Tensor: ...
-
-
-def open_backend(model: nn.Module, backend: str = "torch", *, dtype: str = "fp32",
-                 input_size: tuple[int, int] = (224, 224), threads: int | None = None, int8: bool = False,
-                 calibration: Tensor | Iterable[Tensor] | None = None) -> Backend:
-    """``model`` (a DaViT classifier or tower, on the CPU) ready to run on ``backend``.
-
-    ``dtype`` is the compute precision (fp32 or bf16; for int8, that of the layers left in
-    floating point); ``threads`` the runtime's worker threads (None: one per core; for ``torch`` it
-    sets ``torch.set_num_threads``, a process-wide setting). ``int8`` quantises the model after
-    training (openvino, onnxruntime) with ``calibration`` images (a (N, 3, H, W) batch or an
-    iterable of such batches, preprocessed as for inference); see :mod:`davit.quantize` for the
-    agreement check that should go with it.
-    """
-    _check(backend, dtype, threads, int8, calibration)
-    model = model.eval().float().cpu()
-    if backend == "torch":
-        return TorchBackend(model, dtype, threads)
-    with tempfile.TemporaryDirectory(prefix="davit-runtime-") as folder:
-        converted = _convert(model, backend, input_size, Path(folder))
-        if int8:
-            return _int8_backend(converted, backend, dtype, threads, calibration_batches(calibration))
-        return _float_backend(converted, backend, dtype, threads)
-
-
-def open_float_and_int8(model: nn.Module, backend: str, *, dtype: str = "fp32",
-                        input_size: tuple[int, int] = (224, 224), threads: int | None = None,
-                        calibration: Tensor | Iterable[Tensor]) -> tuple[Backend, Backend]:
-    """``open_backend(..., int8=False)`` and ``open_backend(..., int8=True)`` from one conversion
-    of ``model`` (a minute for DaViT-tiny), for timing the two side by side."""
-    _check(backend, dtype, threads, True, calibration)
-    model = model.eval().float().cpu()
-    with tempfile.TemporaryDirectory(prefix="davit-runtime-") as folder:
-        converted = _convert(model, backend, input_size, Path(folder))
-        return (_float_backend(converted, backend, dtype, threads),
-                _int8_backend(converted, backend, dtype, threads, calibration_batches(calibration)))
-
-
-def _check(backend: str, dtype: str, threads: int | None, int8: bool, calibration: object) -> None:
-    """Refuse what cannot run, before any conversion (a minute for DaViT-tiny) is spent on it."""
-    if backend not in BACKENDS:
-        raise InvalidArgumentError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-    if dtype not in RUNTIME_DTYPES:
-        raise InvalidArgumentError(f"dtype must be one of {', '.join(RUNTIME_DTYPES)} for a runtime, "
-                                   f"not {dtype!r}")
-    if threads is not None and threads < 1:
-        raise InvalidArgumentError(f"threads must be a positive integer, got {threads}")
-    if backend == "torch":
-        if int8:
-            raise InvalidArgumentError("int8 runs on the openvino or onnxruntime backend, not torch; "
-                                       "use --backend openvino")
-        return
-    if int8 and calibration is None:
-        raise InvalidArgumentError("int8 needs calibration images (a batch or batches of "
-                                   "preprocessed images) to choose the quantisation ranges")
-    if backend == "onnxruntime" and dtype != "fp32":
-        raise InvalidArgumentError("ONNX Runtime's CPU provider has no bfloat16 path; use dtype "
-                                   "fp32 (or int8) with onnxruntime, or bf16 with openvino")
-    require(*EXTRAS[backend], f"the {backend} backend")
-    if int8 and backend == "openvino":
-        require("nncf", "openvino", "int8 quantisation with OpenVINO")
-
-
-def _convert(model: nn.Module, backend: str, input_size: tuple[int, int], folder: Path) -> Any:
-    """``model`` in the runtime's format: an ``openvino.Model``, or an ONNX file in ``folder``."""
-    if backend == "openvino":
-        return convert_to_openvino(model, input_size)
-    from . import export
-
-    return export.export_onnx(model, folder / "model.onnx", input_size=input_size, verify=False)
-
-
-def _float_backend(converted: Any, backend: str, dtype: str, threads: int | None) -> Backend:
-    if backend == "openvino":
-        return OpenVinoBackend(converted, dtype, threads)
-    return OnnxRuntimeBackend(converted, threads)
-
-
-def _int8_backend(converted: Any, backend: str, dtype: str, threads: int | None,
-                  calibration: list[Tensor]) -> Backend:
-    from .quantize import quantize_onnx_file, quantize_openvino_model
-
-    if backend == "openvino":
-        return OpenVinoBackend(quantize_openvino_model(converted, calibration), dtype, threads, int8=True)
-    return OnnxRuntimeBackend(quantize_onnx_file(converted, calibration), threads, "onnxruntime-int8")
 
 
 class TorchBackend:
@@ -226,20 +140,6 @@ def convert_to_openvino(model: nn.Module, input_size: tuple[int, int]) -> Any:
     # share_weights=False: a shared ov.Model points into the torch tensors, and is corrupt (a segfault
     # later, at random) once they are freed or changed, e.g. by training the model further
     return openvino.convert_model(program, share_weights=False)
-
-
-def calibration_batches(calibration: Tensor | Iterable[Tensor] | None) -> list[Tensor]:
-    """The calibration images as a list of (N, 3, H, W) float32 batches (a single batch, or an
-    iterable of batches or of single (3, H, W) images)."""
-    if calibration is None:
-        return []
-    items = [calibration] if isinstance(calibration, Tensor) else list(calibration)
-    batches = [item.unsqueeze(0) if item.ndim == 3 else item for item in items]
-    for batch in batches:
-        if batch.ndim != 4 or batch.shape[1] != 3:
-            raise InvalidArgumentError(f"calibration images must be (N, 3, H, W) batches, got shape "
-                                       f"{tuple(batch.shape)}")
-    return [batch.float().cpu() for batch in batches]
 
 
 def _cores() -> int:

@@ -13,9 +13,9 @@ from davit.checkpoint.convert import convert_file
 from davit.checkpoint.formats import convert_state_dict, detect_format, from_davit, to_davit
 from davit.checkpoint.io import read_checkpoint_file, save_state_dict_file
 from davit.checkpoint.load import load_checkpoint, load_into
+from davit.checkpoint.resolve import resolve_model
 from davit.errors import CheckpointError, CheckpointFormatError, CheckpointMismatchError, DownloadError
 from davit.model import DaViT, Florence2Encoder
-from davit.resolve import resolve_model
 from tests.checkpoint.fakes import FakeHub
 from tests.paths import FIXTURES
 

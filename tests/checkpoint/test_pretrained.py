@@ -128,7 +128,7 @@ def test_push_to_hub_uploads_the_folder(fine_tuned, monkeypatch, tmp_path):
 
 
 def test_an_hf_hub_name_reads_the_repos_folder(fine_tuned, monkeypatch, tmp_path):
-    import davit.resolve as resolve
+    import davit.checkpoint.resolve as resolve
 
     folder = save_pretrained(fine_tuned, tmp_path / "repo")
     asked = []

@@ -6,11 +6,11 @@ import logging
 from pathlib import Path
 
 from ..errors import InvalidArgumentError
-from ..resolve import fetch_weights
 from ..zoo import MODELS
 from .card import ModelCard, card_from_metadata, default_card, guessed_card
 from .formats import detect_format, from_davit, to_davit
 from .io import read_checkpoint_file, save_state_dict_file
+from .resolve import fetch_weights
 
 logger = logging.getLogger("davit")
 

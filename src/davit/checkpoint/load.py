@@ -10,10 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, CheckpointMismatchError
-from ..resolve import fetch_weights
 from .card import ModelCard, card_from_metadata, guess_arch
 from .formats import to_davit
 from .io import read_checkpoint_file
+from .resolve import fetch_weights
 
 logger = logging.getLogger("davit")
 
@@ -23,7 +23,7 @@ _OUT_NORM = re.compile(r"^out_norms\.\d+\.")  # a backbone's output norms, by it
 
 def load_checkpoint(source: str | Path, progress: bool = True,
                     allow_non_finite: bool = False) -> tuple[dict[str, Tensor], ModelCard | None]:
-    """Read a checkpoint from any weights source (see :func:`davit.resolve.resolve_weights`):
+    """Read a checkpoint from any weights source (see :func:`davit.checkpoint.resolve.resolve_weights`):
     its tensors renamed to this library's keys, and the model card it carries (checked against
     the tensors), None when it has none. Weights with NaN or infinite values are refused (a model
     built from them can only give garbage) unless ``allow_non_finite``, for research on them."""

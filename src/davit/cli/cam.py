@@ -7,9 +7,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..api import Model, get_model
+from ..checkpoint.resolve import model_and_weights
 from ..engine.infer import DEFAULT_MODEL, expand_inputs
 from ..errors import ImageLoadError
-from ..resolve import model_and_weights
 from ..vis.cam import CAM_METHODS, class_activation_map
 from ..vis.drawing import DISPLAY_SIZE, describe_class, with_caption
 from .app import print_error

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..dtypes import DTYPES
 from ..engine.embed import DEFAULT_MODEL, EmbedOptions, embed_files
-from ..engine.predict import DTYPES
 from .app import print_error
 from .argtypes import add_checkpoint, add_random_weights, non_negative_int, positive_int, weights_seed
 

@@ -6,9 +6,9 @@ import json
 
 import torch
 
+from ..checkpoint.resolve import resolve_model
 from ..flops import count_flops
 from ..model import build_model
-from ..resolve import resolve_model
 from .argtypes import add_input_size, add_semantics
 
 

@@ -13,9 +13,9 @@ import sys
 from tqdm import tqdm
 
 from ..data.datasets import IMAGE_EXTENSIONS
+from ..dtypes import DTYPES
 from ..engine import distributed
 from ..engine.infer import DEFAULT_MODEL, InferenceInterrupted, InferenceOptions, InferenceSummary, infer
-from ..engine.predict import DTYPES
 from ..errors import InvalidArgumentError
 from ..records import error_message
 from .app import print_error

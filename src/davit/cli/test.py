@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..dtypes import AMP_DTYPES
 from ..engine import distributed
 from ..engine.evaluate import EvaluationOptions, evaluate
-from ..engine.predict import AMP_DTYPES
 from ..model import SEMANTICS
 from .argtypes import add_config_options, add_device, non_negative_int, positive_int
 

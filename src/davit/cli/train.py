@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..config.training import RecipeOverrides
-from ..engine.predict import AMP_DTYPES
+from ..dtypes import AMP_DTYPES
 from ..engine.session import Interrupted, TrainSession
 from ..engine.train import TrainOptions, train
 from .argtypes import add_config_options, add_device, positive_int

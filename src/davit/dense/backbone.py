@@ -23,9 +23,9 @@ from torch import Tensor, nn
 from ..checkpoint.card import default_card
 from ..checkpoint.io import save_state_dict_file
 from ..checkpoint.load import load_backbone, load_checkpoint
+from ..checkpoint.resolve import ModelSource, pretrained_source, resolve_model
 from ..errors import InvalidArgumentError
 from ..model import DaViT, DaViTArch, resolve_arch
-from ..resolve import ModelSource, pretrained_source, resolve_model
 
 DENSE_OUT_INDICES = (0, 1, 2, 3)  # the official detection and segmentation configs'
 
@@ -69,7 +69,7 @@ class DenseBackbone(DaViT):
 def backbone(name_or_arch: ModelSource, pretrained: bool | str | Path | None = None,
              out_indices: Iterable[int] = DENSE_OUT_INDICES, progress: bool = True,
              **options: Any) -> DenseBackbone:
-    """A :class:`DenseBackbone` of any model :func:`davit.resolve.resolve_model` takes (zoo,
+    """A :class:`DenseBackbone` of any model :func:`davit.checkpoint.resolve.resolve_model` takes (zoo,
     architecture and Florence-2 names, records, configs, checkpoints, folders, ``hf-hub:``).
 
     Args:

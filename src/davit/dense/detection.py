@@ -24,8 +24,8 @@ from torchvision.ops.feature_pyramid_network import (
     LastLevelP6P7,
 )
 
+from ..checkpoint.resolve import ModelSource
 from ..errors import InvalidArgumentError
-from ..resolve import ModelSource
 from .backbone import backbone
 
 FPN_CHANNELS = 256

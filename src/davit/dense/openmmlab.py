@@ -19,8 +19,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..checkpoint.load import load_backbone, load_checkpoint
+from ..checkpoint.resolve import ModelSource
 from ..errors import InvalidArgumentError, MissingDependencyError
-from ..resolve import ModelSource
 from .backbone import DENSE_OUT_INDICES, backbone
 from .detection import BackboneWeights
 

@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from ..checkpoint.formats import to_davit
 from ..checkpoint.hub import HF_PREFIX, download_hf_file
 from ..checkpoint.load import load_backbone
+from ..checkpoint.resolve import ModelSource
 from ..errors import DownloadError, InvalidArgumentError, require
-from ..resolve import ModelSource
 from ..zoo import get_model_info
 from .backbone import backbone
 from .detection import BACKBONE_OPTIONS, BackboneWeights

@@ -26,15 +26,16 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..api import get_model
+from ..checkpoint.build import get_model
 from ..checkpoint.card import Preprocessing
 from ..checkpoint.io import replacing, save_state_dict_file
+from ..checkpoint.resolve import resolve_device
 from ..data.datasets import LabelledImageDataset
+from ..dtypes import autocast_dtype
 from ..errors import ImageLoadError, InvalidArgumentError
 from ..exported import ExportedModel, exported_runtime, exported_source, open_exported
-from ..resolve import resolve_device
 from .infer import PROGRESS_MIN, expand_inputs
-from .predict import autocast_dtype, sharded_loader
+from .predict import sharded_loader
 
 DEFAULT_MODEL = "davit-florence2-base"
 FORMATS = (".npy", ".npz", ".safetensors")

@@ -25,18 +25,19 @@ from tqdm import tqdm
 
 from ..checkpoint.card import ModelCard
 from ..checkpoint.load import load_checkpoint, load_into
+from ..checkpoint.resolve import resolve_weights
 from ..config import dump_config, load_config
 from ..config.data import build_section_dataset, loader_spec, test_transform
 from ..config.specs import EvaluatorSpec, ModelSpec, build_model, evaluator_spec, model_spec
 from ..data import imagenet_classes
 from ..data.datasets import LabelledImageDataset
+from ..dtypes import AMP_DTYPES
 from ..errors import InvalidArgumentError
 from ..exported import exported_source, open_exported
 from ..records import error_record
-from ..resolve import resolve_weights
 from ..vis.drawing import ClassScore, PredictionPictures
 from . import distributed
-from .predict import AMP_DTYPES, accuracy, check_readable, gather_records, predict, report_k, sharded_loader
+from .predict import accuracy, check_readable, gather_records, predict, report_k, sharded_loader
 from .reports import save_confusion_matrix, write_per_class_csv
 from .results import check_writable
 

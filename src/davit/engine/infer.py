@@ -27,16 +27,18 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..api import get_model
+from ..checkpoint.build import get_model
 from ..checkpoint.card import Preprocessing
+from ..checkpoint.resolve import model_and_weights, resolve_device
 from ..data.datasets import IMAGE_EXTENSIONS, Batch, LabelledImageDataset, walk_images
+from ..dtypes import DTYPES, autocast_dtype
 from ..errors import DavitError, InvalidArgumentError
-from ..exported import exported_runtime, exported_source, open_exported
+from ..exported import exported_runtime, exported_source, open_backend, open_exported
 from ..records import error_record, prediction_record
-from ..resolve import model_and_weights, resolve_device
+from ..runtime import BACKENDS
 from ..vis.drawing import ClassScore, PredictionPictures
 from . import distributed
-from .predict import DTYPES, autocast_dtype, class_probabilities, sharded_loader
+from .predict import class_probabilities, sharded_loader
 from .results import ResultSink, check_format, open_results, record_writer
 
 DEFAULT_MODEL = "davit-tiny_3rdparty_in1k"
@@ -147,7 +149,6 @@ def _check(options: InferenceOptions) -> None:
 
 def _check_backend(options: InferenceOptions) -> None:
     """Refuse a runtime that cannot run as asked (they run on the CPU, fp32 or OpenVINO's bf16)."""
-    from ..runtime import BACKENDS
 
     if options.backend not in BACKENDS:
         raise InvalidArgumentError(f"--backend must be one of {', '.join(BACKENDS)}, not {options.backend!r}")
@@ -304,11 +305,10 @@ def _load_model(options: InferenceOptions, device: torch.device) -> nn.Module:
 
 
 class _OnRuntime(nn.Module):
-    """The model exported to a CPU runtime (:func:`davit.runtime.open_backend`) in its place: the
+    """The model exported to a CPU runtime (:func:`davit.exported.open_backend`) in its place: the
     same card and class names, logits from the runtime."""
 
     def __init__(self, model: nn.Module, options: InferenceOptions) -> None:
-        from ..runtime import open_backend
 
         super().__init__()
         self.card = getattr(model, "card", None)

@@ -14,21 +14,8 @@ from tqdm import tqdm
 
 from ..config.specs import EvaluatorSpec
 from ..data.datasets import collate_samples
-from ..errors import ImageLoadError, InvalidArgumentError
+from ..errors import ImageLoadError
 from . import distributed
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-DTYPES = ("fp32", *AMP_DTYPES)
-
-
-def autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype a ``--dtype`` value asks for (None for fp32); fp16 only on CUDA, where
-    PyTorch's CPU kernels have no half-precision fast path."""
-    if dtype not in DTYPES:
-        raise InvalidArgumentError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
-    if dtype == "fp16" and device.type != "cuda":
-        raise InvalidArgumentError(f"--dtype fp16 needs a CUDA device; on {device.type} use bf16 or fp32")
-    return AMP_DTYPES.get(dtype)
 
 
 def class_probabilities(model: nn.Module, images: Tensor, amp: torch.dtype | None = None) -> Tensor:

@@ -29,6 +29,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from ..checkpoint.load import load_pretrained
+from ..checkpoint.resolve import resolve_weights
 from ..config import dump_config, load_config
 from ..config.data import (
     batch_augment,
@@ -49,11 +50,11 @@ from ..config.training import (
     with_num_classes,
 )
 from ..data.datasets import LabelledImageDataset
+from ..dtypes import AMP_DTYPES
 from ..errors import CheckpointMismatchError, DatasetError, DavitError, InvalidArgumentError, TrainError
-from ..resolve import resolve_weights
 from . import distributed
 from .optim import build_optimizer, build_scheduler, scaled_lr
-from .predict import AMP_DTYPES, sharded_loader
+from .predict import sharded_loader
 from .recorder import TrainRecorder
 from .sampling import SeededDataset, TrainSampler, run_seed, seed_everything, seed_process
 from .session import TrainSession

@@ -13,20 +13,19 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..checkpoint.card import CARD_KEY, ModelCard, card_from_metadata
+from ..data.calibration import calibration_batches, folder_images
 from ..errors import CheckpointError, ExportError, InvalidArgumentError, require
+from ..quantize import QuantizationReport, check_speed, quantize_openvino, top1_agreement
 from ..runtime import openvino_core
 from .plan import SIGNATURE_KEY, ExportPlan, input_transform, plan_export, read_signature
 from .verify import Runner, verify_export
-
-if TYPE_CHECKING:
-    from ..quantize import QuantizationReport
 
 SUFFIX = ".xml"
 INT8_KEY = "davit_int8"  # the int8 report, in rt_info
@@ -129,8 +128,6 @@ def export_openvino_int8(model: nn.Module, path: Path, calibration: str | Path |
     """
     require("openvino", "openvino", "OpenVINO export")
     require("nncf", "openvino", "int8 quantisation with OpenVINO")
-    from ..quantize import check_speed, folder_images, quantize_openvino, top1_agreement
-    from ..runtime import calibration_batches
 
     plan = plan_export(model, input_size)
     if getattr(plan.module, "head", None) is None:

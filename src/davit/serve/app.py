@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from torch import Tensor
 
-from .. import __version__
+from .._version import __version__
 from ..data.images import load_image
 from ..data.transforms import TestTransform, resized_size
 from ..errors import ImageLoadError, InvalidArgumentError

@@ -1,6 +1,6 @@
 """The model behind the server: loaded once, preprocessing from its card, run on a chosen runtime.
 
-Classification runs on the backend (:func:`davit.runtime.open_backend`: PyTorch, ONNX Runtime or
+Classification runs on the backend (:func:`davit.exported.open_backend`: PyTorch, ONNX Runtime or
 OpenVINO) and answers class probabilities exactly as :func:`davit.inference_model` computes them
 (softmax of the float32 logits). Embeddings always run on the PyTorch model (the exported
 runtimes hold the classifier only), with :mod:`davit.engine.embed`'s definition of an embedding.
@@ -19,10 +19,10 @@ from torch import Tensor, nn
 from ..api import get_model
 from ..checkpoint.card import Preprocessing
 from ..data.transforms import TestTransform
+from ..dtypes import autocast_dtype
 from ..engine.embed import embedding_function
-from ..engine.predict import autocast_dtype
-from ..exported import ExportedModel, exported_source, open_exported
-from ..runtime import Backend, open_backend
+from ..exported import ExportedModel, exported_source, open_backend, open_exported
+from ..runtime import Backend
 
 
 @dataclass

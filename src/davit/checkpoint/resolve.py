@@ -18,17 +18,17 @@ from typing import Any
 
 import torch
 
-from .checkpoint.card import ModelCard, card_from_metadata, config_card, default_card, guess_arch, guessed_card
-from .checkpoint.download import download_checkpoint
-from .checkpoint.formats import to_davit
-from .checkpoint.hub import WEIGHT_FILES, download_hf_checkpoint, download_hf_file, is_hf_hub_name
-from .checkpoint.io import load_state_dict_file, read_raw_metadata
-from .checkpoint.pretrained import CONFIG_FILE, read_pretrained_config
-from .config import load_config
-from .config.specs import model_spec
-from .errors import CheckpointError, CheckpointNotFoundError, DavitError, DeviceError, InvalidArgumentError
-from .model.archs import ARCHS, DaViTArch, resolve_arch
-from .zoo import MODELS, ModelInfo, get_model_info
+from ..config import load_config
+from ..config.specs import model_spec
+from ..errors import CheckpointError, CheckpointNotFoundError, DavitError, DeviceError, InvalidArgumentError
+from ..model.archs import ARCHS, DaViTArch, resolve_arch
+from ..zoo import MODELS, ModelInfo, get_model_info
+from .card import ModelCard, card_from_metadata, config_card, default_card, guess_arch, guessed_card
+from .download import download_checkpoint
+from .formats import to_davit
+from .hub import WEIGHT_FILES, download_hf_checkpoint, download_hf_file, is_hf_hub_name
+from .io import load_state_dict_file, read_raw_metadata
+from .pretrained import CONFIG_FILE, read_pretrained_config
 
 ModelSource = str | Path | dict | DaViTArch  # what resolve_model takes
 _REMOTE = re.compile(r"^(https?://|hf-hub:)")
