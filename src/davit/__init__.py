@@ -25,6 +25,7 @@ _EXPORTS = {
     "DaViT": "davit.model",
     "DaViTArch": "davit.model",
     "DaViTClassifier": "davit.model",
+    "DaViTModel": "davit.model",
     "Florence2Encoder": "davit.model",
     "ModelRef": "davit.checkpoint.resolve",
     "resolve_model": "davit.checkpoint.resolve",
@@ -40,10 +41,31 @@ if TYPE_CHECKING:
     from .checkpoint.resolve import ModelRef, resolve_model, resolve_weights
     from .engine.embed import embed_images
     from .kernels import fast_kernels, fast_kernels_enabled
-    from .model import ARCHS, DaViT, DaViTArch, DaViTClassifier, Florence2Encoder
+    from .model import ARCHS, DaViT, DaViTArch, DaViTClassifier, DaViTModel, Florence2Encoder
     from .zoo import list_models
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [
+    "ARCHS",
+    "DaViT",
+    "DaViTArch",
+    "DaViTClassifier",
+    "DaViTModel",
+    "Florence2Encoder",
+    "ModelCard",
+    "ModelRef",
+    "Preprocessing",
+    "__version__",
+    "embed_images",
+    "fast_kernels",
+    "fast_kernels_enabled",
+    "get_model",
+    "inference_model",
+    "list_models",
+    "push_to_hub",
+    "resolve_model",
+    "resolve_weights",
+    "save_pretrained",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -15,7 +15,7 @@ from .data import ImageLoadError, TestTransform, build_test_transform
 from .engine.predict import class_probabilities
 from .errors import InvalidArgumentError
 from .exported import ExportedModel, is_exported_file, open_exported
-from .model import DaViTClassifier, Florence2Encoder
+from .model import DaViTModel, Florence2Encoder
 from .records import error_record, prediction_record
 
 logger = logging.getLogger("davit")
@@ -48,7 +48,7 @@ def inference_model(model: Model | ExportedModel | ModelSource, inputs: ImageInp
         if not model.classifies:
             raise InvalidArgumentError(f"{model.path.name} gives {model.output}, not class scores; export a "
                                        "classifier to classify")
-    elif not isinstance(model, (DaViTClassifier, Florence2Encoder)):
+    elif not isinstance(model, DaViTModel):
         model = get_model(model, pretrained=pretrained, device=device, **model_options)
     else:
         if isinstance(pretrained, (str, Path)):

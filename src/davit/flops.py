@@ -12,9 +12,9 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from .model.base import DaViTModel
 from .model.blocks import ChannelAttention, WindowAttention
-from .model.classifier import ClassifierHead, DaViTClassifier
-from .model.florence2 import Florence2Encoder
+from .model.classifier import ClassifierHead
 
 LAYER_NORM_OPS = 5
 
@@ -24,7 +24,7 @@ def _conv_macs(module: nn.Conv2d, out: Tensor) -> int:
     return out.numel() * (module.in_channels // module.groups) * kh * kw
 
 
-def count_flops(model: DaViTClassifier | Florence2Encoder, input_size: tuple[int, int] = (224, 224)) -> dict:
+def count_flops(model: DaViTModel, input_size: tuple[int, int] = (224, 224)) -> dict:
     """``params`` (all parameters), ``flops`` (feature extractor, seed-table convention) and
     ``head_flops`` (the final linear layer, 0 without one) for one image of ``input_size`` (H, W).
     A Florence-2 encoder's feature extractor is its tower; its projector counts in ``params``."""

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from davit import resolve as resolve_module
+from davit.checkpoint import resolve as resolve_module
 from davit.cli.app import run_subcommand
 from davit.engine import infer as infer_module
 from tests.engine.test_infer import TINY_MODEL, write_bad, write_images, write_tiny_checkpoint

@@ -11,14 +11,14 @@ import torch
 
 from ..data.classes import imagenet_classes
 from ..errors import CheckpointMismatchError
-from ..model import DaViTClassifier, Florence2Encoder, build_model, is_florence2
+from ..model import DaViTClassifier, DaViTModel, build_model, is_florence2
 from .card import ModelCard, default_card
 from .load import HEAD_KEYS, checkpoint_num_classes, load_checkpoint, load_into, load_pretrained
 from .resolve import ModelRef, ModelSource, pretrained_source, resolve_device, resolve_model
 
 logger = logging.getLogger("davit")
 
-Model = DaViTClassifier | Florence2Encoder
+Model = DaViTModel
 
 
 def get_model(model: ModelSource, pretrained: bool | str | Path | None = None,

@@ -24,8 +24,8 @@ from ..data.classes import imagenet_classes
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, TestTransform, build_test_transform
 from ..errors import CheckpointError, CheckpointMismatchError, InvalidArgumentError
 from ..model.archs import ARCHS, SEMANTICS, DaViTArch, resolve_arch
-from ..model.classifier import DaViTClassifier
-from ..model.florence2 import Florence2Encoder, is_florence2
+from ..model.base import DaViTModel
+from ..model.florence2 import is_florence2
 
 CARD_KEY = "davit_card"
 MAX_EDGE = 4096  # the largest resize, crop or exact size a card may ask for (Florence-2 takes 768)
@@ -229,7 +229,7 @@ def card_from_metadata(meta: Mapping[str, Any], where: str = "the checkpoint") -
     return None
 
 
-def card_of(model: DaViTClassifier | Florence2Encoder) -> ModelCard:
+def card_of(model: DaViTModel) -> ModelCard:
     """The card of a classifier as it is now: its own card (preprocessing kept), updated with its
     current class count, class names and semantics, so a re-headed model is described right."""
     arch = model.arch

@@ -22,6 +22,7 @@ from huggingface_hub import HfApi
 
 from ..errors import CheckpointError, InvalidArgumentError
 from ..model.archs import ARCHS
+from ..model.base import DaViTModel
 from ..model.classifier import DaViTClassifier
 from ..model.florence2 import Florence2Encoder
 from .card import ModelCard, Preprocessing, card_of, default_card
@@ -59,7 +60,7 @@ def pretrained_config(card: ModelCard, num_features: int) -> dict[str, Any]:
     return {**config, _CARD_ENTRY: card.to_dict()}
 
 
-def save_pretrained(model: DaViTClassifier | Florence2Encoder, folder: str | Path) -> Path:
+def save_pretrained(model: DaViTModel, folder: str | Path) -> Path:
     """Write ``model`` (a :class:`~davit.model.DaViTClassifier` or a
     :class:`~davit.model.Florence2Encoder`, with or without projector and head) to ``folder`` as ``config.json``
     and ``model.safetensors`` (see the module docstring for the two layouts); returns the folder.
@@ -124,7 +125,7 @@ def _timm_preprocessing(pre: dict[str, Any]) -> Preprocessing:
         tuple(value * 255 for value in std) if std else default.std)
 
 
-def push_to_hub(model: DaViTClassifier | Florence2Encoder, repo_id: str, *, private: bool | None = None,
+def push_to_hub(model: DaViTModel, repo_id: str, *, private: bool | None = None,
                 token: str | None = None, revision: str | None = None,
                 commit_message: str = "Upload DaViT model") -> Any:
     """Write ``model`` as :func:`save_pretrained` does and upload the folder to the Hugging Face

@@ -1,44 +1,16 @@
-"""DaViT image classifier: backbone, then pooling, LayerNorm and a linear layer."""
+"""DaViT image classifier: backbone, then pooling, LayerNorm and a linear layer (:mod:`.head`)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import InvalidArgumentError
 from .archs import DaViTArch, arch_name, resolve_arch, resolve_semantics
 from .backbone import DaViT
-
-if TYPE_CHECKING:  # the card lives above the model; only its type is needed here
-    from ..checkpoint.card import ModelCard
-
-
-class ClassifierHead(nn.Module):
-    """Global average pool + LayerNorm + Linear.
-
-    The official DaViT pools and then normalises; mmpretrain's port normalises every token and
-    then pools (``norm_first=True``).
-    """
-
-    def __init__(self, dim: int, num_classes: int, norm_first: bool = False) -> None:
-        super().__init__()
-        self.norm_first = norm_first
-        self.norm = nn.LayerNorm(dim)
-        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
-        if isinstance(self.fc, nn.Linear):
-            nn.init.trunc_normal_(self.fc.weight, std=0.02)
-            nn.init.zeros_(self.fc.bias)
-
-    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """``x``: last-stage tokens of shape (B, H, W, C)."""
-        if self.norm_first:
-            x = self.norm(x).mean(dim=(1, 2))
-        else:
-            x = self.norm(x.mean(dim=(1, 2)))
-        return x if pre_logits else self.fc(x)
+from .base import DaViTModel
+from .head import ClassifierHead
 
 
-class DaViTClassifier(nn.Module):
+class DaViTClassifier(DaViTModel):
     """A DaViT backbone with a classification head.
 
     ``model(images)`` returns logits; :meth:`extract_feat` returns the backbone's NCHW feature maps
@@ -46,6 +18,8 @@ class DaViTClassifier(nn.Module):
     Architectures without a head (``DaViTArch.head`` false) are backbones: Florence-2's towers are
     :class:`~davit.model.Florence2Encoder`, others :class:`DaViT`.
     """
+
+    head: ClassifierHead  # always one (with no linear layer for num_classes=0)
 
     def __init__(self, arch: str | dict | DaViTArch = "tiny", num_classes: int = 1000,
                  semantics: str = "official", **backbone_options) -> None:
@@ -61,18 +35,8 @@ class DaViTClassifier(nn.Module):
         self.semantics = semantics
         self.backbone = DaViT(resolved, semantics=semantics, **backbone_options)
         self.num_classes = num_classes
-        self.class_names: list[str] | None = None
-        self.card: ModelCard | None = None  # what davit.get_model knows of the weights
         self.num_features = self.backbone.num_features
         self.head = ClassifierHead(self.num_features, num_classes, norm_first=norm_first)
-
-    @property
-    def arch(self) -> DaViTArch:
-        return self.backbone.arch
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """Last-stage tokens, (B, H/32, W/32, C)."""
-        return self.backbone.forward_stages(x)[-1]
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         return self.head(x, pre_logits=pre_logits)

@@ -5,12 +5,13 @@ from typing import Any
 
 from ..errors import InvalidArgumentError
 from .archs import DaViTArch, resolve_arch
+from .base import DaViTModel
 from .classifier import DaViTClassifier
 from .florence2 import Florence2Encoder, is_florence2
 
 
 def build_model(arch: str | dict | DaViTArch, num_classes: int = 1000, semantics: str = "official",
-                projection_dim: int | None = None, **backbone_options: Any) -> DaViTClassifier | Florence2Encoder:
+                projection_dim: int | None = None, **backbone_options: Any) -> DaViTModel:
     """A :class:`Florence2Encoder` for a Florence-2 tower (``projection_dim`` None: Florence-2's,
     0: none), a :class:`DaViTClassifier` for every other architecture."""
     resolved = resolve_arch(arch)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -18,10 +17,8 @@ from torch import Tensor, nn
 from ..errors import InvalidArgumentError
 from .archs import ARCHS, DaViTArch, arch_name, resolve_arch
 from .backbone import DaViT
-from .classifier import ClassifierHead
-
-if TYPE_CHECKING:  # the card lives above the model; only its type is needed here
-    from ..checkpoint.card import ModelCard
+from .base import DaViTModel
+from .head import ClassifierHead
 
 PROJECTION_DIMS = {"florence2-base": 768, "florence2-large": 1024}  # the published language widths
 MAX_POSITIONS = 50  # rows and columns of the learned position table: sides up to 50 * 32 pixels
@@ -102,7 +99,7 @@ class Florence2Projector(nn.Module):
         return self.image_proj_norm(self.image_projection(tokens))
 
 
-class Florence2Encoder(nn.Module):
+class Florence2Encoder(DaViTModel):
     """Florence-2's vision encoder, optionally with a classification head for fine-tuning.
 
     ``model(images)`` returns the last-stage map (B, C, H/32, W/32) (transformers'
@@ -136,17 +133,12 @@ class Florence2Encoder(nn.Module):
         self.num_classes = num_classes
         self.head = ClassifierHead(self.num_features, num_classes) if num_classes else None
         self.semantics = "official"  # what the checkpoint code asks of every model
-        self.class_names: list[str] | None = None
-        self.card: ModelCard | None = None  # what davit.get_model knows of the weights
 
-    @property
-    def arch(self) -> DaViTArch:
-        return self.backbone.arch
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """Last-stage tokens, (B, H/32, W/32, C)."""
-        _check_input(x)
-        return self.backbone.forward_stages(x)[-1]
+    def check_input(self, x: Tensor) -> None:
+        super().check_input(x)
+        if min(x.shape[-2:]) < MIN_SIDE:
+            raise InvalidArgumentError(f"Florence-2's encoder needs images at least {MIN_SIDE} pixels a side "
+                                       f"(its stride); got {x.shape[-2]} x {x.shape[-1]}")
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Logits (or the pooled, normalised features) of last-stage tokens."""
@@ -163,7 +155,7 @@ class Florence2Encoder(nn.Module):
 
     def extract_feat(self, x: Tensor) -> tuple[Tensor, ...]:
         """NCHW maps of the stages in ``out_indices`` (strides 4 to 32), for dense prediction."""
-        _check_input(x)
+        self.check_input(x)
         return self.backbone(x)
 
     def encode_image(self, x: Tensor) -> Tensor:
@@ -187,12 +179,3 @@ class Florence2Encoder(nn.Module):
         device = next(self.backbone.parameters()).device
         self.head = ClassifierHead(self.num_features, num_classes).to(device) if num_classes else None
         self.num_classes = num_classes
-
-
-def _check_input(x: Tensor) -> None:
-    """Refuse what the tower cannot encode, with the reason, before any layer fails on it."""
-    if x.ndim != 4:
-        raise InvalidArgumentError(f"expected an image batch of shape (N, C, H, W), got {tuple(x.shape)}")
-    if min(x.shape[-2:]) < MIN_SIDE:
-        raise InvalidArgumentError(f"Florence-2's encoder needs images at least {MIN_SIDE} pixels a side "
-                                   f"(its stride); got {x.shape[-2]} x {x.shape[-1]}")
