@@ -1,6 +1,6 @@
 """Time this library's DaViT against timm's: ``python benchmarks/benchmark.py --help``.
 
-The same as ``davit benchmark``; see docs/performance.md for the measured tables.
+The same as ``davit benchmark``; see benchmarks/LOG.md for the measured tables.
 """
 import sys
 

@@ -1,5 +1,5 @@
 """Which NNCF settings give the fastest int8 DaViT-tiny on OpenVINO (batch 16, 224 x 224), next to
-this library's bf16 and OpenVINO's bf16, in one process (docs/performance.md, "Runtimes").
+this library's bf16 and OpenVINO's bf16, in one process (benchmarks/LOG.md, "Runtimes").
 
 The model has random weights; the int8 models are calibrated on 32 random images. Each is
 compiled with bf16 for its float layers, timed in blocks (two rounds, median images/s printed per

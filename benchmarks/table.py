@@ -1,4 +1,4 @@
-"""Run the standard rows of `davit benchmark` and print the table of docs/performance.md.
+"""Run the standard rows of `davit benchmark` and print the table of benchmarks/LOG.md.
 
     python benchmarks/table.py                     # every row (about 5 minutes on 2 cores)
     python benchmarks/table.py --runs 3            # every row three times, medians and ranges

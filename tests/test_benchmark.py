@@ -97,8 +97,8 @@ def test_table_script_runs_rows_and_prints_the_markdown_table(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32-b1-run1.json", "fp32-b1-run2.json"]
 
 
-def test_saved_results_reprint_the_tables_of_the_readme_and_docs(capsys):
-    """The README and docs/performance.md quote the table that the saved JSON files give."""
+def test_saved_results_reprint_the_tables_of_the_log_and_docs(capsys):
+    """The lab log and the documentation's performance page quote the table the saved JSON files give."""
     from tests.paths import REPO
 
     spec = importlib.util.spec_from_file_location("bench_table", REPO / "benchmarks" / "table.py")
@@ -107,11 +107,11 @@ def test_saved_results_reprint_the_tables_of_the_readme_and_docs(capsys):
     assert table.main(["--from", str(REPO / "benchmarks" / "results" / "2026-11-25-cpu")]) == 0
     rows = capsys.readouterr().out.splitlines()[2:]
     assert len(rows) == len(table.ROWS)
-    readme = (REPO / "README.md").read_text()
+    log = (REPO / "benchmarks" / "LOG.md").read_text()
     docs = (REPO / "docs" / "performance.md").read_text()
     for row in rows:
-        assert row in docs
-        assert row.rsplit(" | ", 1)[0] + " |" in readme
+        assert row in log
+        assert row.rsplit(" | ", 1)[0] + " |" in docs
 
 
 FLORENCE = json.dumps({"embed_dims": [16, 32, 64, 128], "depths": [1, 1, 1, 1],

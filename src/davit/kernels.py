@@ -2,7 +2,7 @@
 
 The model (:mod:`davit.model`) states the maths and calls the few functions here for its linear
 layers, MLPs, residual position encodings and stage batches. Each gives the result of the plain
-layer calls; how, depends on where it runs (docs/performance.md):
+layer calls; how, depends on where it runs (benchmarks/LOG.md):
 
 * CPU inference in eager mode: linear layers run as oneDNN kernels with weights packed once into
   oneDNN's blocked layout, applying GELU and the residual addition while the product is in cache,
@@ -246,7 +246,7 @@ class _TrainingLinear(torch.autograd.Function):
     """``F.linear`` whose products (forward, and the input gradient) go through :func:`_product`.
 
     Used in training on CPU, where oneDNN's kernels beat the BLAS products on the long, narrow
-    matrices of the first stages (docs/performance.md); the weight gradient stays a BLAS product.
+    matrices of the first stages (benchmarks/LOG.md); the weight gradient stays a BLAS product.
     Under autocast the products run in autocast's dtype, as they would in nn.Linear.
     """
 

@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"), default="torch",
                         help="run the model in PyTorch (default) or exported, on the CPU, to ONNX Runtime "
                              "(fp32) or OpenVINO (fp32 or bf16 by --dtype); same top-1, see "
-                             "docs/performance.md for which is fastest")
+                             "benchmarks/LOG.md for which is fastest")
     add_semantics(parser, help="official (the paper's model) or mmpretrain (its port's numerics) "
                                "(default: the weights' card's, else official)")
     parser.set_defaults(semantics=None)  # None: as the weights' card says
