@@ -275,18 +275,25 @@ def to_davit(state_dict: Mapping[str, Tensor], fmt: str | None = None) -> dict[s
     _check_format(fmt)
     if fmt in _BEFORE_READING:
         state_dict = _BEFORE_READING[fmt](state_dict)
-    renamed, unknown = {}, []
-    for key, value in state_dict.items():
-        new = _match_ours(key, fmt)
-        if new is None:
-            unknown.append(key)
-        else:
-            renamed[new] = value
+    renamed, unknown = _renamed(state_dict, lambda key: _match_ours(key, fmt))
     if unknown:
         raise CheckpointFormatError(
             f"{len(unknown)} key(s) are not part of the {fmt} DaViT format: {_preview(unknown)}")
     fl.check_tower(renamed)
     return _AFTER_READING[fmt](renamed) if fmt in _AFTER_READING else renamed
+
+
+def _renamed(state_dict: Mapping[str, Tensor],
+             rename: Callable[[str], str | None]) -> tuple[dict[str, Tensor], list[str]]:
+    """The tensors under their new names, and the keys ``rename`` has no name for (None)."""
+    renamed, unknown = {}, []
+    for key, value in state_dict.items():
+        new = rename(key)
+        if new is None:
+            unknown.append(key)
+        else:
+            renamed[new] = value
+    return renamed, unknown
 
 
 def from_davit(state_dict: Mapping[str, Tensor], fmt: str) -> dict[str, Tensor]:
@@ -295,13 +302,7 @@ def from_davit(state_dict: Mapping[str, Tensor], fmt: str) -> dict[str, Tensor]:
     state_dict = _BEFORE_WRITING[fmt](state_dict) if fmt in _BEFORE_WRITING else state_dict
     stages = {int(m.group(1)) for k in state_dict if (m := re.match(r"^backbone\.stages\.(\d+)\.", k))}
     target = _Target(max(stages, default=3), fl.is_florence2_tower(state_dict))
-    renamed, unknown = {}, []
-    for key, value in state_dict.items():
-        new = _FROM_OURS[fmt](key, target)
-        if new is None:
-            unknown.append(key)
-        else:
-            renamed[new] = value
+    renamed, unknown = _renamed(state_dict, lambda key: _FROM_OURS[fmt](key, target))
     if unknown:
         raise CheckpointFormatError(
             f"{len(unknown)} key(s) have no place in the {fmt} format (not DaViT keys, or parts that "

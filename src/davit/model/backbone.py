@@ -71,7 +71,8 @@ class DaViT(nn.Module):
         self.semantics = semantics
         same_padding = resolve_semantics(semantics).stem_same_padding
         num_stages = len(arch.embed_dims)
-        self.out_indices = self._check_out_indices(out_indices, num_stages)
+        self.out_indices = tuple(stage_numbers((out_indices,) if isinstance(out_indices, int) else out_indices,
+                                                num_stages, "out_indices"))
         if not -1 <= frozen_stages <= num_stages:
             raise InvalidArgumentError(f"frozen_stages must be between -1 and {num_stages}, got {frozen_stages}")
         if not 0.0 <= drop_path_rate < 1.0:
@@ -98,19 +99,6 @@ class DaViT(nn.Module):
         self.set_grad_checkpointing(grad_checkpointing)
         self.apply(_init_weights)
         self._freeze()
-
-    @staticmethod
-    def _check_out_indices(out_indices: Iterable[int], num_stages: int) -> tuple[int, ...]:
-        if isinstance(out_indices, int):
-            out_indices = (out_indices,)
-        resolved = []
-        for index in out_indices:
-            if not -num_stages <= index < num_stages:
-                raise InvalidArgumentError(f"out_indices entry {index} is out of range for {num_stages} stages")
-            resolved.append(index % num_stages)
-        if not resolved:
-            raise InvalidArgumentError("out_indices must name at least one stage")
-        return tuple(sorted(set(resolved)))
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for stage in self.stages:
@@ -149,6 +137,19 @@ class DaViT(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         outputs = self.forward_stages(x, last=self.out_indices[-1])
         return tuple(self.out_norms[i](outputs[i]).permute(0, 3, 1, 2) for i in self.out_indices)
+
+
+def stage_numbers(indices: Iterable[int], count: int, what: str = "indices") -> list[int]:
+    """The sorted, distinct stage numbers ``indices`` names among ``count`` stages (a negative index
+    counts from the end); ``what`` names the argument in the error."""
+    taken = []
+    for index in indices:
+        if not -count <= index < count:
+            raise InvalidArgumentError(f"{what} entry {index} is out of range for {count} stages")
+        taken.append(index % count)
+    if not taken:
+        raise InvalidArgumentError(f"{what} must name at least one stage")
+    return sorted(set(taken))
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..errors import InvalidArgumentError
 from .archs import DaViTArch
-from .backbone import DaViT
+from .backbone import DaViT, stage_numbers
 from .head import ClassifierHead
 
 if TYPE_CHECKING:  # the card lives above the model; only its type is needed here
@@ -112,11 +112,4 @@ def stage_indices(count: int, indices: int | Sequence[int] | None) -> list[int]:
             raise InvalidArgumentError(f"indices={indices} asks for the last {indices} of {count} stages; "
                                        f"give 1 to {count}")
         return list(range(count - indices, count))
-    taken = []
-    for index in indices:
-        if not -count <= index < count:
-            raise InvalidArgumentError(f"stage index {index} is out of range for {count} stages")
-        taken.append(index % count)
-    if not taken:
-        raise InvalidArgumentError("indices must name at least one stage")
-    return sorted(set(taken))
+    return stage_numbers(indices, count)
