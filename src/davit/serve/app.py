@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Annotated, Any
@@ -63,10 +63,21 @@ class ServeSettings:
 def create_app(served: ServedModel, settings: ServeSettings | None = None) -> FastAPI:
     """The app serving ``served`` (see :func:`davit.serve.model.load_served_model`)."""
     settings = settings or ServeSettings()
-    limits = settings.limits
     metrics = Metrics(ENDPOINTS, settings.max_batch_size)
-    batchers: dict[str, DynamicBatcher] = {}
+    batchers: dict[str, DynamicBatcher] = {}  # filled when the app starts, emptied when it stops
+    app = FastAPI(title="davit serve", version=__version__, lifespan=_lifespan(served, settings, metrics, batchers),
+                  description=f"DaViT inference for model {served.name}. Every endpoint but /health needs "
+                              "'Authorization: Bearer <token>' when the server was started with a token.")
+    app.add_middleware(Gate, limits=settings.limits, metrics=metrics, token=settings.token)
+    _add_error_handlers(app)
+    _add_info_routes(app, served, settings, metrics)
+    _add_inference_routes(app, served, settings, metrics, batchers)
+    return app
 
+
+def _lifespan(served: ServedModel, settings: ServeSettings, metrics: Metrics,
+              batchers: dict[str, DynamicBatcher]) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Start one dynamic batcher per kind of answer on one model thread; stop them on shutdown."""
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="davit-model")
@@ -86,13 +97,14 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
         finally:
             for batcher in batchers.values():
                 await batcher.stop()
+            batchers.clear()
             executor.shutdown(wait=True)
 
-    app = FastAPI(title="davit serve", version=__version__, lifespan=lifespan,
-                  description=f"DaViT inference for model {served.name}. Every endpoint but /health needs "
-                              "'Authorization: Bearer <token>' when the server was started with a token.")
-    app.add_middleware(Gate, limits=limits, metrics=metrics, token=settings.token)
+    return lifespan
 
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every refusal, bad parameter and unknown route answers with the one error body."""
     @app.exception_handler(Rejected)
     async def rejected(request: Request, error: Rejected) -> JSONResponse:
         note_error(request.scope, error.code)
@@ -112,6 +124,8 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
         return JSONResponse(error_body(code, str(error.detail), request_id_of(request.scope)),
                             error.status_code, getattr(error, "headers", None))
 
+
+def _add_info_routes(app: FastAPI, served: ServedModel, settings: ServeSettings, metrics: Metrics) -> None:
     @app.get("/health", response_model=HealthResponse)
     async def health() -> dict[str, str]:
         """Whether the server is up; needs no token, answers while a batch runs."""
@@ -126,9 +140,12 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
     async def models() -> dict[str, Any]:
         """The served model: architecture, classes, preprocessing, runtime, batching and limits."""
         description = {**served.describe(), "max_batch_size": settings.max_batch_size,
-                       "max_wait_ms": settings.max_wait_ms, "limits": asdict(limits)}
+                       "max_wait_ms": settings.max_wait_ms, "limits": asdict(settings.limits)}
         return {"data": [description]}
 
+
+def _add_inference_routes(app: FastAPI, served: ServedModel, settings: ServeSettings, metrics: Metrics,
+                          batchers: dict[str, DynamicBatcher]) -> None:
     @app.post("/v1/predict", response_model=PredictResponse, responses=ERROR_RESPONSES, openapi_extra=IMAGES_BODY)
     async def predict(request: Request,
                       top_k: Annotated[int, Query(ge=1, le=100_000, description="length of each top-k list "
@@ -141,7 +158,7 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
             raise Rejected(409, "cannot_classify", f"model {served.name} has no classification head; use "
                                                    "/v1/embed")
         names = served.class_names
-        results = await _answer(request, batchers["predict"],
+        results = await _answer(request, batchers["predict"], served, settings.limits, metrics,
                                 lambda index, row: prediction_record(row, names, top_k, index=index,
                                                                    with_scores=scores))
         return JSONResponse({"model": served.name, "results": results})
@@ -158,26 +175,25 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
         if kind not in batchers:
             raise Rejected(400, "tokens_unavailable", f"model {served.name} has no Florence-2 projector to give "
                                                       "token embeddings; leave out tokens=true for pooled ones")
-        results = await _answer(request, batchers[kind],
+        results = await _answer(request, batchers[kind], served, settings.limits, metrics,
                                 lambda index, row: {"index": index, "embedding": row.tolist()})
         return JSONResponse({"model": served.name, "kind": kind, "results": results})
 
-    async def _answer(request: Request, batcher: DynamicBatcher,
-                      answer: Callable[[int, np.ndarray], dict[str, Any]]) -> list[dict[str, Any]]:
-        """Read, preprocess and batch the request's images; one result (or error) per image."""
-        items = await read_items(request, limits)
-        request.state.images = len(items)
-        metrics.images_received(request.url.path, len(items))
-        prepared = await run_in_threadpool(_prepare_all, items, limits, served.transform)
-        usable = [(index, item) for index, item in enumerate(prepared) if isinstance(item, Tensor)]
-        if not usable:
-            raise _nothing_usable(prepared)
-        rows = await asyncio.gather(*(batcher.submit(tensor) for _, tensor in usable))
-        answers = {index: answer(index, row) for (index, _), row in zip(usable, rows)}
-        return [_item_error(index, item) if isinstance(item, Rejected) else answers[index]
-                for index, item in enumerate(prepared)]
 
-    return app
+async def _answer(request: Request, batcher: DynamicBatcher, served: ServedModel, limits: Limits, metrics: Metrics,
+                  answer: Callable[[int, np.ndarray], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Read, preprocess and batch the request's images; one result (or error) per image."""
+    items = await read_items(request, limits)
+    request.state.images = len(items)
+    metrics.images_received(request.url.path, len(items))
+    prepared = await run_in_threadpool(_prepare_all, items, limits, served.transform)
+    usable = [(index, item) for index, item in enumerate(prepared) if isinstance(item, Tensor)]
+    if not usable:
+        raise _nothing_usable(prepared)
+    rows = await asyncio.gather(*(batcher.submit(tensor) for _, tensor in usable))
+    answers = {index: answer(index, row) for (index, _), row in zip(usable, rows)}
+    return [_item_error(index, item) if isinstance(item, Rejected) else answers[index]
+            for index, item in enumerate(prepared)]
 
 
 def _prepare_all(items: list[Item], limits: Limits, transform: TestTransform) -> list[Tensor | Rejected]:
