@@ -16,6 +16,7 @@ from davit.checkpoint.load import CheckpointMismatchError
 from davit.data import ImageLoadError, build_test_transform, load_image
 from davit.errors import InvalidArgumentError
 from davit.model import DaViTClassifier
+from tests.helpers import MINI_ARCH
 from tests.paths import REPO
 
 SEED_FILE = "davit-tiny_3rdparty_in1k_20221116-700fdf7d.pth"
@@ -216,8 +217,7 @@ def test_bad_arguments_are_davit_errors(tmp_path):
     with pytest.raises(InvalidArgumentError, match="batch_size"):
         inference_model(get_model("davit-tiny", num_classes=3), str(CAT), batch_size=0)
     with pytest.raises(InvalidArgumentError, match="custom architecture has no published weights"):
-        get_model({"embed_dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8]},
-                  pretrained=True)
+        get_model(MINI_ARCH, pretrained=True)
     with pytest.raises(InvalidArgumentError, match="pretrained must be"):
         get_model("tiny", pretrained=3)
     with pytest.raises(DavitError, match="does not exist"):

@@ -83,6 +83,7 @@ def test_profiler_chatter_is_held_back_and_other_stderr_passes(capfd):
     assert capfd.readouterr().err == "a real warning\n"
 
 
+@pytest.mark.slow
 def test_table_script_runs_rows_and_prints_the_markdown_table(tmp_path, capsys):
     from tests.paths import REPO
 
@@ -120,6 +121,7 @@ FLORENCE = json.dumps({"embed_dims": [16, 32, 64, 128], "depths": [1, 1, 1, 1],
                        "pad_to_stride": False, "channel_attention": "florence2", "head": False})
 
 
+@pytest.mark.slow
 def test_florence2_tower_against_timm_and_transformers_on_the_same_weights(tmp_path, capsys):
     pytest.importorskip("timm")
     pytest.importorskip("transformers")
@@ -156,6 +158,7 @@ def test_transformers_reference_is_for_florence2_only(capsys):
         BenchmarkOptions(reference="onnx")
 
 
+@pytest.mark.slow
 def test_runtimes_side_by_side_with_int8_in_blocks(tmp_path, capsys):
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")

@@ -12,6 +12,8 @@ import pytest
 
 from tests.paths import REPO
 
+pytestmark = pytest.mark.slow  # every example in a process of its own
+
 PAGES = [REPO / "README.md", REPO / "CONTRIBUTING.md", *sorted((REPO / "docs").rglob("*.md"))]
 EXAMPLES = [(page, block) for page in PAGES
             for block in re.findall(r"^```python\n(.*?)^```$", page.read_text(encoding="utf-8"), re.S | re.M)]

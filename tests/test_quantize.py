@@ -13,16 +13,17 @@ from davit.errors import DatasetError, ExportError, InvalidArgumentError
 from davit.model import build_model
 from davit.quantize import QuantizationReport, check_agreement, check_speed, quantize_openvino
 from davit.runtime import OpenVinoBackend, convert_to_openvino
-from tests.helpers import randomise_
+from tests.helpers import MINI_ARCH, randomise_
 
-TINY = {"embed_dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8]}
+pytestmark = pytest.mark.slow  # int8 calibration with NNCF
+
 SIZE = (64, 64)
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return randomise_(build_model(resolve_model(TINY).arch, 10)).eval()
+    return randomise_(build_model(resolve_model(MINI_ARCH).arch, 10)).eval()
 
 
 @pytest.fixture(scope="module")

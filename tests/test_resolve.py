@@ -135,3 +135,20 @@ def test_weights_without_a_card_or_a_standard_architecture(tmp_path):
     path = save_state_dict_file(DaViTClassifier(MINI_ARCH, num_classes=2).state_dict(), tmp_path / "m.pth")
     with pytest.raises(CheckpointError, match="no model card.*name the architecture"):
         resolve_model(str(path))
+
+
+def test_resolve_model_says_which_reading_it_took(tmp_path, caplog):
+    import logging
+
+    from davit.checkpoint.pretrained import save_pretrained
+    from davit.checkpoint.resolve import SOURCE_KINDS
+    from davit.model import DaViTClassifier
+    from tests.helpers import MINI_ARCH, MINI_ARCH_JSON
+
+    folder = save_pretrained(DaViTClassifier(MINI_ARCH, num_classes=2), tmp_path / "saved")
+    with caplog.at_level(logging.DEBUG, logger="davit"):
+        kinds = {source: resolve_model(source).kind for source in
+                 ("tiny", MINI_ARCH_JSON, "davit-tiny_3rdparty_in1k", str(folder), str(folder / "model.safetensors"))}
+    assert list(kinds.values()) == ["architecture", "architecture", "zoo", "folder", "file"]
+    assert set(kinds.values()) <= set(SOURCE_KINDS)
+    assert f"model {str(folder)!r} read as folder" in caplog.text

@@ -21,6 +21,8 @@ from davit.cli.app import run_subcommand
 from davit.model import DaViTClassifier
 from tests.paths import REPO
 
+pytestmark = pytest.mark.slow  # trains, tests, exports and reloads
+
 PHOTOS = {"cat": "cat.jpg", "coffee": "coffee.jpg", "portrait": "grace_hopper.jpg"}
 SIZE = 64
 CONFIG = REPO / "configs" / "davit" / "davit-tiny_finetune_custom.py"

@@ -13,6 +13,8 @@ from davit.exported import open_backend
 from davit.model import DaViTClassifier
 from davit.runtime import BACKENDS, OnnxRuntimeBackend, OpenVinoBackend, convert_to_openvino
 
+pytestmark = pytest.mark.slow  # exports to ONNX Runtime and OpenVINO
+
 SIZE = (224, 224)  # the golden input's
 
 

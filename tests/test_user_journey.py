@@ -28,6 +28,8 @@ from davit.engine.embed import load_embeddings
 from tests.paths import REPO
 from tests.test_round_trip import PHOTOS, _crops
 
+pytestmark = pytest.mark.slow  # each step is a davit command in its own process
+
 SIZE = 64
 CONFIG = REPO / "configs" / "davit" / "davit-tiny_finetune_custom.py"
 

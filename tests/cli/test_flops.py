@@ -4,6 +4,7 @@ import json
 import pytest
 
 from davit.cli.app import run_subcommand
+from tests.helpers import MINI_ARCH_JSON
 
 SEED_TABLE = {"davit-tiny_3rdparty_in1k": (28_360_168, 4.54e9), "davit-small_3rdparty_in1k": (49_745_896, 8.80e9),
               "davit-base_3rdparty_in1k": (87_954_408, 15.51e9)}
@@ -34,7 +35,7 @@ def test_flops_other_input_size(capsys):
 
 
 def test_flops_text_and_a_json_architecture(capsys):
-    spec = '{"embed_dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8]}'
+    spec = MINI_ARCH_JSON
     assert run_subcommand("flops", [spec, "--input-size", "64", "64"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"model       {spec}" and lines[1] == "input size  64x64"

@@ -14,6 +14,8 @@ from davit.errors import InvalidArgumentError
 from davit.model import DaViTClassifier
 from tests.paths import REPO
 
+pytestmark = pytest.mark.slow  # exports to each runtime
+
 PHOTOS = [str(path) for path in sorted((REPO / "demo").glob("*.jpg"))]
 
 

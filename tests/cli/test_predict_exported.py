@@ -2,18 +2,18 @@
 and gives the source model's predictions, without re-exporting; what the file cannot do is refused
 before any image is read."""
 import pytest
-import torch
 
 from davit import save_pretrained
-from davit.checkpoint.card import ModelCard, Preprocessing
+from davit.checkpoint.card import Preprocessing
 from davit.cli.app import run_subcommand
 from davit.engine.infer import InferenceOptions, infer
 from davit.errors import InvalidArgumentError
-from davit.model import DaViTClassifier
+from tests.helpers import tiny_classifier
 from tests.paths import REPO
 
+pytestmark = pytest.mark.slow  # exports, then predicts from the files
+
 PHOTOS = tuple(str(path) for path in sorted((REPO / "demo").glob("*.jpg")))
-TINY = {"embed_dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8]}
 
 pytest.importorskip("onnxruntime")
 
@@ -32,12 +32,7 @@ class _Records:
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """A tiny five-class classifier with a card, saved as a folder and exported with davit export."""
-    torch.manual_seed(0)
-    model = DaViTClassifier(TINY, num_classes=5).eval()
-    with torch.no_grad():
-        model.head.fc.weight.mul_(100)  # spread the scores so that a rounding cannot reorder them
-    model.card = ModelCard(model.arch, 5, ("ant", "bee", "cat", "dog", "eel"), Preprocessing(73, 64, "bicubic"))
-    model.class_names = list(model.card.class_names)
+    model = tiny_classifier(("ant", "bee", "cat", "dog", "eel"), Preprocessing(73, 64, "bicubic"), spread=100)
     folder = tmp_path_factory.mktemp("exported")
     saved = save_pretrained(model, folder / "tiny")
     formats = [("tiny.onnx", []), ("tiny.pt2", ["--format", "exported-program"])]

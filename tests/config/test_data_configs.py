@@ -9,6 +9,7 @@ import yaml
 from davit import get_model
 from davit.config import dump_config, load_config
 from davit.errors import ConfigError
+from tests.helpers import MINI_ARCH
 from tests.paths import REPO
 
 CONFIG = REPO / "configs" / "davit" / "davit-digits_1xb64.py"
@@ -38,7 +39,7 @@ def test_a_data_config_never_executes_anything(tmp_path):
 
 
 def test_get_model_takes_a_yaml_config(tmp_path):
-    arch = {"embed_dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8]}
+    arch = MINI_ARCH
     cfg = {"model": {"type": "ImageClassifier", "backbone": {"type": "DaViT", "arch": arch},
                      "neck": {"type": "GlobalAveragePooling"},
                      "head": {"type": "LinearClsHead", "num_classes": 4, "in_channels": 64}}}

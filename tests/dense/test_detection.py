@@ -43,6 +43,7 @@ def _batch() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
      {"boxes", "labels", "scores"}),
     (retinanet, RetinaNet, {"classification", "bbox_regression"}, {"boxes", "labels", "scores"}),
 ])
+@pytest.mark.slow
 def test_detector_trains_and_detects(build, kind, losses, outputs):
     torch.manual_seed(0)
     model = build(MINI, 3, frozen_stages=1, drop_path_rate=0.1, **SIZE)

@@ -81,6 +81,7 @@ def run_tiny(args: list[str], data_root: Path, checkpoint: Path, extra_options: 
                  *options, *args])
 
 
+@pytest.mark.slow
 def test_seed_command_verbatim(tmp_path):
     """The seed's command, run as written from a directory laid out like the repository."""
     (tmp_path / "configs").symlink_to(REPO / "configs")
@@ -136,6 +137,7 @@ def test_metrics_are_exact_and_match_inference_model(tiny_checkpoint, tiny_data,
         assert record["topk"][0]["label"] == result["pred_label"]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tiny_checkpoint, tiny_data, tmp_path):
     root, paths, _ = tiny_data
     common = [str(REPO / CONFIG), str(tiny_checkpoint), "--device", "cpu", "--batch-size", "2",

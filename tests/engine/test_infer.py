@@ -242,6 +242,7 @@ def test_bf16_gives_the_top1_of_fp32(checkpoint, tmp_path):
         assert b["pred_score"] == pytest.approx(a["pred_score"], abs=0.05)
 
 
+@pytest.mark.slow
 def test_two_processes_write_each_image_once_in_input_order(checkpoint, tmp_path):
     images = write_images(tmp_path / "in", 7)
     bad = write_bad(tmp_path / "in" / "zz-bad.png")

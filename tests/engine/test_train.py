@@ -142,6 +142,7 @@ def _digits_args(digits: Path, work_dir: Path, *more: str) -> list[str]:
 
 # -- real learning ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_digits_reach_90_percent_and_write_every_record(digits, tmp_path, capsys):
     work = tmp_path / "work"
     assert train(_digits_args(digits, work, "train_cfg.max_epochs=4")) == 0
@@ -176,6 +177,7 @@ def test_digits_reach_90_percent_and_write_every_record(digits, tmp_path, capsys
     assert metrics["accuracy/top1"] == pytest.approx(val[-1]["accuracy/top1"])
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_train_once(digits, tmp_path):
     work = tmp_path / "work"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
@@ -422,6 +424,7 @@ def test_bad_resume_sources(colours, tmp_path, capsys):
     assert code == 1 and "written for another model" in out and "mis-shaped" in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_saves_a_resumable_checkpoint(colours, tmp_path, signum):
     config = _tiny_config(tmp_path / "tiny.py", colours)

@@ -8,6 +8,8 @@ from davit.exported import ExportedModel, is_exported_file, open_exported
 
 from .conftest import CLASSES
 
+pytestmark = pytest.mark.slow  # exports in three formats
+
 pytest.importorskip("onnxruntime")
 
 

@@ -17,6 +17,8 @@ from tests.export.conftest import PHOTOS
 
 openvino = pytest.importorskip("openvino")
 
+pytestmark = pytest.mark.slow  # exports in three formats, int8 included
+
 
 def _close(got, expected):
     assert got.shape == expected.shape

@@ -16,6 +16,8 @@ from davit.errors import InvalidArgumentError, MissingDependencyError  # noqa: E
 from davit.export import export_onnx, read_onnx_card  # noqa: E402
 from davit.model import ARCHS, DaViTClassifier, Florence2Encoder  # noqa: E402
 
+pytestmark = pytest.mark.slow  # each export traces the model with torch.export (about 10 s)
+
 
 def test_onnx_reproduces_golden_logits_with_dynamic_batch(golden, golden_arch, tmp_path):
     arch, num_classes = golden_arch

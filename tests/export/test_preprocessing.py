@@ -15,6 +15,8 @@ from tests.export.conftest import PHOTOS
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
+pytestmark = pytest.mark.slow  # exports with the preprocessing inside
+
 
 def _pixels(path) -> torch.Tensor:
     return torch.from_numpy(np.array(Image.open(path).convert("RGB")))

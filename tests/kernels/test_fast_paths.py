@@ -63,6 +63,7 @@ def _photo_crops(count_per_image: int = 4) -> torch.Tensor:
     return torch.stack(crops)
 
 
+@pytest.mark.slow
 def test_bfloat16_top1_agrees_with_float32_on_photos():
     """DaViT-tiny with timm's random initialisation, on crops of real photos.
 

@@ -17,6 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.helpers import MINI_ARCH_JSON
+
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
@@ -29,7 +31,7 @@ from davit.serve.app import ServeSettings, create_app
 from davit.serve.limits import Limits
 from davit.serve.model import ServedModel, load_served_model
 
-TINY_ARCH = '{"embed_dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8]}'
+TINY_ARCH = MINI_ARCH_JSON
 CLASSES = ("cat", "dog", "cup")
 LIMITS = Limits(max_body_bytes=256 * 1024, max_pixels=300_000, max_images=4, timeout_s=20.0)
 

@@ -30,6 +30,7 @@ def test_a_port_out_of_range_is_a_usage_error(capsys):
     assert "must be a TCP port from 0 to 65535, got 99999" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_davit_serve_subprocess_token_and_graceful_sigterm(tiny_folder, photos):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -13,9 +13,9 @@ import torch
 from davit import get_model, inference_model
 from davit.checkpoint.card import Preprocessing
 from davit.engine.embed import embed_images
-from davit.model import ARCHS
 from davit.serve.app import create_app
 from davit.serve.model import ServedModel
+from tests.helpers import MINI_FLORENCE2
 
 from .conftest import CLASSES, running
 
@@ -120,8 +120,7 @@ def test_concurrent_requests_are_batched_and_metrics_count_them(server, photos):
 
 
 def test_florence2_tower_serves_token_embeddings_and_does_not_classify(photos, tmp_path):
-    arch = {**ARCHS["florence2-base"].to_dict(), "embed_dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1],
-            "num_heads": [1, 2, 4, 8], "window_size": 4}
+    arch = MINI_FLORENCE2
     torch.manual_seed(0)
     tower = get_model(arch)
     tower.card = dataclasses.replace(tower.card, preprocessing=Preprocessing(32, 32, exact_size=(32, 32)))

@@ -12,11 +12,13 @@ from davit.checkpoint.card import Preprocessing
 from davit.cli.app import run_subcommand
 from davit.engine.embed import embed_images, load_embeddings
 from davit.export import export_model
-from davit.model.archs import ARCHS
 from davit.serve.app import create_app
 from davit.serve.model import load_served_model
+from tests.helpers import MINI_FLORENCE2
 
 from .conftest import running
+
+pytestmark = pytest.mark.slow  # exports, then serves the files
 
 pytest.importorskip("onnxruntime")
 
@@ -50,8 +52,7 @@ def test_served_export_answers_as_the_pytorch_model(served, exported_classifier,
 @pytest.fixture(scope="module")
 def tower_and_tokens(tmp_path_factory):
     """A small random Florence-2 encoder (with projector) and its image tokens exported to ONNX."""
-    arch = {**ARCHS["florence2-base"].to_dict(), "embed_dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1],
-            "num_heads": [1, 2, 4, 8], "window_size": 4}
+    arch = MINI_FLORENCE2
     torch.manual_seed(0)
     tower = get_model(arch)
     tower.card = dataclasses.replace(tower.card, preprocessing=Preprocessing(64, 64, exact_size=(64, 64)))

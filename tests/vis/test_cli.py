@@ -10,6 +10,7 @@ from davit.checkpoint.formats import from_davit
 from davit.checkpoint.io import save_state_dict_file
 from davit.cli.app import run_subcommand
 from davit.model import DaViTClassifier
+from tests.helpers import MINI_ARCH_JSON
 from tests.paths import REPO
 from tests.vis.conftest import TINY_ARCH, tiny_model
 
@@ -69,7 +70,7 @@ def test_cam_refuses_what_the_model_does_not_have(checkpoint, tmp_path, capsys, 
 
 
 def test_attention_with_random_weights_offline(tmp_path, capsys):
-    arch = json.dumps({"embed_dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8]})
+    arch = MINI_ARCH_JSON
     assert run_subcommand("attention", [CAT, "--model", arch, "--random-weights", "--out-dir", str(tmp_path),
                                         "--stage", "-1", "--pixel", "100", "150", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out.split()

@@ -11,6 +11,7 @@ configs' ``load_from``) goes through these functions, so a name means the same t
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 from ..config import load_config
 from ..config.specs import model_spec
 from ..errors import CheckpointError, CheckpointNotFoundError, DavitError, DeviceError, InvalidArgumentError
-from ..model.archs import ARCHS, DaViTArch, resolve_arch
+from ..model.archs import ARCHS, DaViTArch, arch_name, resolve_arch
 from ..zoo import MODELS, ModelInfo, get_model_info
 from .card import ModelCard, card_from_metadata, config_card, default_card, guess_arch, guessed_card
 from .download import download_checkpoint
@@ -30,11 +31,14 @@ from .hub import WEIGHT_FILES, download_hf_checkpoint, download_hf_file, is_hf_h
 from .io import load_state_dict_file, read_raw_metadata
 from .pretrained import CONFIG_FILE, read_pretrained_config
 
+logger = logging.getLogger("davit")
+
 ModelSource = str | Path | dict | DaViTArch  # what resolve_model takes
 _REMOTE = re.compile(r"^(https?://|hf-hub:)")
 CONFIG_SUFFIXES = (".py", ".yaml", ".yml")  # a .json is an architecture record; tools/*.py also read .json configs
 _FILE_LIKE = (*CONFIG_SUFFIXES, ".pth", ".pt", ".bin", ".safetensors", ".json")
 _EXPORTED = (".onnx", ".xml", ".pt2")  # what `davit export` writes: runtimes run them, not torch
+SOURCE_KINDS = ("architecture", "zoo", "hf-hub", "config", "url", "file", "folder")
 
 
 @dataclass(frozen=True)
@@ -50,14 +54,22 @@ class ModelRef:
     backbone_options: dict[str, Any] = field(default_factory=dict)
     # Named by its weights (a checkpoint file, URL, folder or hf-hub: name), not by a name or config.
     is_weights: bool = False
+    # How the source was read: one of SOURCE_KINDS (logged, so that `davit -v` says which it took).
+    kind: str = "architecture"
     # The weights' tensors (this library's keys) when guessing the card meant reading them all, so
     # that loading does not read (and report on) the file a second time.
     state_dict: dict[str, torch.Tensor] | None = field(default=None, compare=False, repr=False)
 
 
 def resolve_model(model: str | Path | dict[str, Any] | DaViTArch, progress: bool = True) -> ModelRef:
-    """The :class:`ModelRef` of any model named as the module docstring lists. Weights sources
-    are downloaded (into the caches) to read their card."""
+    """The :class:`ModelRef` of any model named as the module docstring lists (``ref.kind`` says
+    which reading was taken). Weights sources are downloaded (into the caches) to read their card."""
+    ref = _resolve(model, progress)
+    logger.debug("model %s read as %s (%s)", _shown(model), ref.kind, arch_name(ref.arch))
+    return ref
+
+
+def _resolve(model: str | Path | dict[str, Any] | DaViTArch, progress: bool) -> ModelRef:
     if not isinstance(model, (str, Path)):
         return ModelRef(_checked_arch(model))
     text = str(model).strip()
@@ -72,19 +84,25 @@ def resolve_model(model: str | Path | dict[str, Any] | DaViTArch, progress: bool
     if text in MODELS:
         return _zoo_ref(MODELS[text])
     if is_hf_hub_name(text):
-        return _described(text, _config_card(download_hf_file(text, (CONFIG_FILE,), missing_ok=True)), progress)
+        config = download_hf_file(text, (CONFIG_FILE,), missing_ok=True)
+        return _described(text, _config_card(config), progress, "hf-hub")
     path = Path(text).expanduser()
     _refuse_exported(path)
     if path.is_file() and path.suffix.lower() in CONFIG_SUFFIXES:
         return _config_ref(path)
     if _REMOTE.match(text) or path.is_file():
-        return _described(text, None, progress)
+        return _described(text, None, progress, "url" if _REMOTE.match(text) else "file")
     if path.is_dir():
         config = path / CONFIG_FILE
-        return _described(text, _config_card(config if config.is_file() else None), progress)
+        return _described(text, _config_card(config if config.is_file() else None), progress, "folder")
     if path.suffix in _FILE_LIKE or "/" in text:
         raise CheckpointNotFoundError(f"{text!r} does not exist: it is neither a file nor a folder")
     return _zoo_ref(get_model_info(text))  # an unknown name raises, suggesting close ones
+
+
+def _shown(model: object) -> str:
+    """``model`` as a log line names it (an architecture record by its class)."""
+    return repr(str(model)) if isinstance(model, (str, Path)) else type(model).__name__
 
 
 def _refuse_exported(path: Path) -> None:
@@ -110,7 +128,7 @@ def _config_card(config: Path | None) -> ModelCard | None:
 
 def _zoo_ref(info: ModelInfo) -> ModelRef:
     return ModelRef(ARCHS[info.arch], info.num_classes, info.weights,
-                    default_card(info.arch, info.num_classes))
+                    default_card(info.arch, info.num_classes), kind="zoo")
 
 
 def _checked_arch(spec: Any) -> DaViTArch:
@@ -124,7 +142,7 @@ def _checked_arch(spec: Any) -> DaViTArch:
         raise InvalidArgumentError(f"invalid architecture: {error}") from error
 
 
-def _described(source: str, card: ModelCard | None, progress: bool) -> ModelRef:
+def _described(source: str, card: ModelCard | None, progress: bool, kind: str) -> ModelRef:
     """The ref of a weights source: its card (``card``, else the one in the weights' metadata,
     else one guessed from the tensors' shapes)."""
     state_dict = None
@@ -134,7 +152,8 @@ def _described(source: str, card: ModelCard | None, progress: bool) -> ModelRef:
         if card is None:
             state_dict = to_davit(load_state_dict_file(path))
             card = _guessed_card(path, state_dict)
-    return ModelRef(card.architecture, card.num_classes, source, card, is_weights=True, state_dict=state_dict)
+    return ModelRef(card.architecture, card.num_classes, source, card, is_weights=True, kind=kind,
+                    state_dict=state_dict)
 
 
 def _guessed_card(path: Path, state_dict: dict[str, torch.Tensor]) -> ModelCard:
@@ -157,7 +176,7 @@ def _config_ref(path: Path) -> ModelRef:
     card = config_card(spec, cfg)
     weights = cfg.get("load_from")
     return ModelRef(spec.arch, spec.num_classes, str(weights) if weights else None, card,
-                    dict(spec.backbone_options))
+                    dict(spec.backbone_options), kind="config")
 
 
 def pretrained_source(ref: ModelRef, model: ModelSource,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
-from ..model import SEMANTICS, DaViT, DaViTClassifier
+from ..model import SEMANTICS, DaViT
 from ..model.archs import DaViTArch, resolve_arch
 from .values import flag, integer, number, subsection
 
@@ -99,12 +99,6 @@ def _expect_type(cfg: dict, expected: str, where: str) -> None:
     found = cfg.get("type", expected)
     if found != expected:
         raise ConfigError(f"{where}.type is {found!r}; this evaluator supports {expected!r} only")
-
-
-def build_model(spec: ModelSpec) -> DaViTClassifier:
-    """The (randomly initialised) classifier ``spec`` describes."""
-    return DaViTClassifier(spec.arch, num_classes=spec.num_classes, semantics=spec.semantics,
-                           **spec.backbone_options)
 
 
 def evaluator_spec(cfg: dict, num_classes: int, section: str = "test_evaluator") -> EvaluatorSpec:

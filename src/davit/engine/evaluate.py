@@ -28,12 +28,13 @@ from ..checkpoint.load import load_checkpoint, load_into
 from ..checkpoint.resolve import resolve_weights
 from ..config import dump_config, load_config
 from ..config.data import build_section_dataset, loader_spec, test_transform
-from ..config.specs import EvaluatorSpec, ModelSpec, build_model, evaluator_spec, model_spec
+from ..config.specs import EvaluatorSpec, ModelSpec, evaluator_spec, model_spec
 from ..data import imagenet_classes
 from ..data.datasets import LabelledImageDataset
 from ..dtypes import AMP_DTYPES
 from ..errors import InvalidArgumentError
 from ..exported import exported_source, open_exported
+from ..model import build_model
 from ..records import error_record
 from ..vis.drawing import ClassScore, PredictionPictures
 from . import distributed
@@ -165,7 +166,7 @@ def _model(run: _Evaluation, source: str, main_process: bool) -> tuple[torch.nn.
                 f"{exported.path.name} gives {exported.num_classes or exported.output} classes, the config's "
                 f"model {run.spec.num_classes}; evaluate it with the config it was trained with")
         return exported, exported.card
-    model = build_model(run.spec)
+    model = build_model(run.spec.arch, run.spec.num_classes, run.spec.semantics, **run.spec.backbone_options)
     with distributed.main_process_first():
         state_dict, card = load_checkpoint(source, progress=main_process)
     load_into(model, state_dict)

@@ -39,7 +39,7 @@ from ..config.data import (
     test_transform,
     train_transform,
 )
-from ..config.specs import build_model, val_evaluator_spec
+from ..config.specs import val_evaluator_spec
 from ..config.training import (
     RecipeOverrides,
     RuntimeSpec,
@@ -52,6 +52,7 @@ from ..config.training import (
 from ..data.datasets import LabelledImageDataset
 from ..dtypes import AMP_DTYPES
 from ..errors import CheckpointMismatchError, DatasetError, DavitError, InvalidArgumentError, TrainError
+from ..model import build_model
 from . import distributed
 from .optim import build_optimizer, build_scheduler, scaled_lr
 from .predict import sharded_loader
@@ -245,7 +246,7 @@ def _build_state(data: _Data, runtime: RuntimeSpec, options: TrainOptions, devic
     """The model (with ``load_from``'s weights unless resuming), EMA, optimizer, schedule and
     gradient scaler, and the plan of the run."""
     spec, world, rank = data.spec, distributed.get_world_size(), distributed.get_rank()
-    model = build_model(spec.model)
+    model = build_model(spec.model.arch, spec.model.num_classes, spec.model.semantics, **spec.model.backbone_options)
     if load_weights and runtime.load_from:
         with distributed.main_process_first():
             try:
