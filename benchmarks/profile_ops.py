@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import profile
 
-from davit.benchmark import _without_profiler_chatter, timm_reference
+from davit.benchmark import timm_reference
+from davit.timing import _without_profiler_chatter
 from davit.model import DaViTClassifier
 
 GROUPS = (  # (label, substrings of operator names), first match wins

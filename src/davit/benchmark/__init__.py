@@ -39,23 +39,27 @@ import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .checkpoint.formats import from_davit
-from .checkpoint.resolve import ModelRef, resolve_device, resolve_model
-from .data.calibration import folder_images
-from .data.transforms import build_test_transform
-from .errors import DeviceError, InvalidArgumentError, require
-from .exported import open_backend, open_float_and_int8
-from .flops import count_flops
-from .model import DaViTArch, build_model, is_florence2
-from .runtime import BACKENDS, Backend
-from .timing import CEILING_SIZE, matmul_step, peak_memory, time_alternately, time_in_blocks
+from ..checkpoint.resolve import ModelRef, resolve_device, resolve_model
+from ..data.calibration import folder_images
+from ..data.transforms import build_test_transform
+from ..errors import DeviceError, InvalidArgumentError
+from ..exported import open_backend, open_float_and_int8
+from ..flops import count_flops
+from ..model import build_model, is_florence2
+from ..runtime import BACKENDS, Backend
+from ..timing import CEILING_SIZE, matmul_step, peak_memory, time_alternately, time_in_blocks
+from .references import timm_reference, transformers_reference
+from .report import format_report, runtime_settings
+
+__all__ = ["DTYPES", "MODES", "REFERENCES", "BenchmarkOptions", "Timing", "format_report", "reference_models", "run",
+           "timm_reference", "transformers_reference"]
 
 DTYPES = ("fp32", "bf16", "pure-bf16")
 MODES = ("inference", "train")
@@ -192,6 +196,13 @@ def run(options: BenchmarkOptions) -> dict:
     timings = {name: Timing(name, seconds[name], options.batch_size, flops_per_step, ceiling,
                             None if name in runtimes else peak_memory(step, device))
                for name, step in steps.items()}
+    return _report(options, ref, device, num_classes, runtimes, timings, flops_per_image, flops_per_step, ceiling)
+
+
+def _report(options: BenchmarkOptions, ref: ModelRef, device: torch.device, num_classes: int,
+            runtimes: dict[str, Backend], timings: dict[str, Timing], flops_per_image: float,
+            flops_per_step: float, ceiling: float) -> dict:
+    """The JSON-ready report: the set-up (versions included), each model's timing and the speed-ups."""
     config = {"model": options.model, "arch": ref.arch.to_dict(), "num_classes": num_classes,
               "batch_size": options.batch_size, "input_size": list(options.input_size),
               "dtype": options.dtype, "mode": options.mode, "compile": options.compile,
@@ -207,9 +218,9 @@ def run(options: BenchmarkOptions) -> dict:
         if options.int8:
             config |= {"calibration": options.calibration or "random",
                        "calibration_images": options.calibration_images}
-    report = {"config": config, "flops_per_image": flops_per_image,
-              "flops_per_step": flops_per_step, "ceiling_gflops": ceiling,
-              "results": {name: asdict(t) for name, t in timings.items()}}
+    report: dict[str, Any] = {"config": config, "flops_per_image": flops_per_image,
+                              "flops_per_step": flops_per_step, "ceiling_gflops": ceiling,
+                              "results": {name: asdict(t) for name, t in timings.items()}}
     baseline = next(iter(timings))  # davit (torch), else the first runtime
     report["baseline"] = baseline
     ours_ips = timings[baseline].images_per_second
@@ -273,19 +284,6 @@ def calibration_images(options: BenchmarkOptions) -> list[Tensor]:
     return [torch.randn(options.calibration_images, 3, *options.input_size, generator=generator)]
 
 
-def runtime_settings(backend: Backend) -> dict[str, Any]:
-    """How a runtime was set up to run: its threads, and spinning or precision."""
-    session = getattr(backend, "session", None)
-    if session is not None:
-        settings = session.get_session_options()
-        return {"intra_op_threads": settings.intra_op_num_threads,
-                "spinning": settings.get_session_config_entry("session.intra_op.allow_spinning") != "0"}
-    compiled = cast(Any, backend).compiled
-    return {"threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
-            "precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
-            "performance_hint": str(compiled.get_property("PERFORMANCE_HINT"))}
-
-
 def _images(options: BenchmarkOptions) -> tuple[Tensor, Tensor]:
     """The random images (float32, CPU) and labels every model is timed on."""
     generator = torch.Generator().manual_seed(1)
@@ -304,56 +302,6 @@ def _steps(models: dict[str, nn.Module], options: BenchmarkOptions, num_classes:
     return {name: make_step(model.to(device, weight_dtype), images, labels, options.mode,
                             autocast=options.dtype == "bf16", compile_model=options.compile)
             for name, model in models.items()}
-
-
-def timm_reference(arch: DaViTArch, num_classes: int, state_dict: dict[str, Tensor]) -> nn.Module:
-    """timm's DaViT with ``state_dict`` (this library's keys) loaded; timm is an optional
-    dependency, so it is imported only here."""
-    require("timm", "benchmark", "timing timm's DaViT")
-    from timm.models.davit import DaVit
-
-    florence2: dict[str, Any] = {"down_kernel_size": 3, "channel_attn_v2": True,
-                                 "named_blocks": True} if is_florence2(arch) else {}
-    model = DaVit(depths=arch.depths, embed_dims=arch.embed_dims, num_heads=arch.num_heads,
-                  window_size=arch.window_size, mlp_ratio=arch.mlp_ratio, num_classes=num_classes,
-                  **florence2)
-    model.load_state_dict(from_davit(state_dict, "timm"))
-    return _LastStage(model) if florence2 else model
-
-
-def transformers_reference(arch: DaViTArch, state_dict: dict[str, Tensor],
-                           attention: str) -> nn.Module:
-    """transformers' ``Florence2VisionBackbone`` (attention ``eager`` or ``sdpa``) with
-    ``state_dict`` (a Florence-2 tower's, this library's keys) loaded."""
-    require("transformers", "benchmark", "timing transformers' Florence-2 tower")
-    from transformers.models.florence2 import modeling_florence2 as florence2
-
-    config = florence2.Florence2VisionConfig(
-        depths=arch.depths, embed_dim=arch.embed_dims, num_heads=arch.num_heads,
-        num_groups=arch.num_heads, window_size=arch.window_size, mlp_ratio=arch.mlp_ratio,
-        patch_size=arch.patch_kernels, patch_stride=arch.patch_strides,
-        patch_padding=arch.patch_paddings, patch_prenorm=arch.patch_norm_first, drop_path_rate=0.0)
-    config._attn_implementation = attention
-    model = florence2.Florence2VisionBackbone(config)
-    prefix = "model.vision_tower."
-    model.load_state_dict({key.removeprefix(prefix): value for key, value in
-                           from_davit(state_dict, "transformers").items()})
-    return _LastStage(model, transformers=True)
-
-
-class _LastStage(nn.Module):
-    """A reference model whose forward gives the last-stage map (B, C, H/32, W/32), as ours
-    does: timm's ``forward_features``, transformers' ``last_hidden_state``."""
-
-    def __init__(self, model: nn.Module, transformers: bool = False) -> None:
-        super().__init__()
-        self.model = model
-        self.transformers = transformers
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.transformers:
-            return self.model(x).last_hidden_state
-        return cast(Tensor, cast(Any, self.model).forward_features(x))
 
 
 def make_step(model: nn.Module, images: Tensor, labels: Tensor, mode: str, autocast: bool,
@@ -382,55 +330,6 @@ def make_step(model: nn.Module, images: Tensor, labels: Tensor, mode: str, autoc
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return train_step
-
-
-def format_report(report: dict) -> str:
-    """The report as a Markdown table with a header line and the speed-up."""
-    c = report["config"]
-    lines = [
-        f"model {c['model']}, batch {c['batch_size']}, {c['input_size'][0]}x{c['input_size'][1]}, "
-        f"{c['dtype']}, {c['mode']}, {'compiled' if c['compile'] else 'eager'}, "
-        f"{c['threads']} threads, {c['device']}, {c['repeats']} repeats after {c['warmup']} "
-        f"warm-up",
-        f"model FLOPs {report['flops_per_image'] / 1e9:.2f} GFLOP per image; matmul ceiling "
-        f"{report['ceiling_gflops']:.0f} GFLOP/s ({CEILING_SIZE}^3, "
-        f"{'fp32' if c['dtype'] == 'fp32' else 'bf16'})",
-        *_runtime_lines(c),
-        "",
-        "| model | images/s (median) | min - max | peak memory | GFLOP/s | share of ceiling |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for name, r in report["results"].items():
-        ips = r["images_per_second"]
-        memory = r["peak_memory_bytes"]
-        shown = "n/a" if memory is None else f"{memory / 2 ** 20:.1f} MiB"
-        lines.append(f"| {name} | {ips['median']:.2f} | {ips['min']:.2f} - {ips['max']:.2f} | "
-                     f"{shown} | {r['gflops']:.1f} | {100 * r['share_of_ceiling']:.0f}% |")
-    lines.append("")
-    baseline = report.get("baseline", "davit")
-    for name, ratio in report.get("speedups", {}).items():
-        lines.append(f"{baseline} / {name}: {ratio['median']:.2f}x (median images/s), "
-                     f"{ratio['best']:.2f}x (best step)")
-    if not report.get("speedups"):
-        lines.append("--no-timm: no reference timing")
-    return "\n".join(lines)
-
-
-def _runtime_lines(config: dict) -> list[str]:
-    """How the runtimes were set up, for the report's header."""
-    if not config.get("runtimes"):
-        return []
-    described = []
-    for name, settings in config["runtimes"].items():
-        if "spinning" in settings:
-            described.append(f"{name} {settings['intra_op_threads']} threads, "
-                             f"{'spinning' if settings['spinning'] else 'no spinning'}")
-        else:
-            described.append(f"{name} {settings['threads']} threads, {settings['precision']}")
-    line = f"runtimes timed in blocks of {config['block']} steps: {'; '.join(described)}"
-    if config.get("int8"):
-        line += f"; int8 calibrated on {config['calibration_images']} {config['calibration']} images"
-    return [line]
 
 
 def _cpu_supports_bf16() -> bool:
