@@ -35,13 +35,15 @@ from .export.openvino import INT8_KEY, read_openvino_model
 from .quantize import quantize_onnx_file, quantize_openvino_model
 from .runtime import (
     BACKENDS,
-    EXTRAS,
+    CAPABILITIES,
     RUNTIME_DTYPES,
     Backend,
     OnnxRuntimeBackend,
     OpenVinoBackend,
     TorchBackend,
     convert_to_openvino,
+    dtype_refusal,
+    require_runtime,
 )
 
 # suffix -> the runtime a file runs on by default, and every runtime that can run it
@@ -133,10 +135,10 @@ def exported_runtime(path: Path, backend: str | None, dtype: str) -> str:
     if runtime not in RUNTIMES[suffix]:
         raise InvalidArgumentError(f"{path.name} runs on {' or '.join(RUNTIMES[suffix])}, not {runtime}; "
                                    f"drop --backend {runtime}, or export the model for {runtime}")
-    if dtype not in RUNTIME_DTYPES or (runtime == "onnxruntime" and dtype != "fp32"):
-        raise InvalidArgumentError(f"{path.name} on {runtime} runs in "
-                                   f"{'fp32' if runtime == 'onnxruntime' else ' or '.join(RUNTIME_DTYPES)}, "
-                                   f"not {dtype}" + ("; pass --backend openvino for bf16" if suffix == ".onnx" else ""))
+    refusal = dtype_refusal(runtime, dtype)
+    if refusal is not None:
+        hint = "; pass --backend openvino for bf16" if suffix == ".onnx" and dtype == "bf16" else ""
+        raise InvalidArgumentError(f"{path.name}: {refusal}{hint}")
     return runtime
 
 
@@ -240,18 +242,17 @@ def _check(backend: str, dtype: str, threads: int | None, int8: bool, calibratio
                                    f"not {dtype!r}")
     if threads is not None and threads < 1:
         raise InvalidArgumentError(f"threads must be a positive integer, got {threads}")
-    if backend == "torch":
-        if int8:
-            raise InvalidArgumentError("int8 runs on the openvino or onnxruntime backend, not torch; "
-                                       "use --backend openvino")
-        return
+    if int8 and not CAPABILITIES[backend].int8:
+        int8_runtimes = " or ".join(sorted((name for name, caps in CAPABILITIES.items() if caps.int8),
+                                           key=lambda name: name != "openvino"))  # the suggested one first
+        raise InvalidArgumentError(f"int8 runs on the {int8_runtimes} backend, not {backend}; use --backend openvino")
+    refusal = dtype_refusal(backend, dtype)
+    if refusal is not None:
+        raise InvalidArgumentError(refusal)
     if int8 and calibration is None:
         raise InvalidArgumentError("int8 needs calibration images (a batch or batches of "
                                    "preprocessed images) to choose the quantisation ranges")
-    if backend == "onnxruntime" and dtype != "fp32":
-        raise InvalidArgumentError("ONNX Runtime's CPU provider has no bfloat16 path; use dtype "
-                                   "fp32 (or int8) with onnxruntime, or bf16 with openvino")
-    require(*EXTRAS[backend], f"the {backend} backend")
+    require_runtime(backend, f"the {backend} backend")
     if int8 and backend == "openvino":
         require("nncf", "openvino", "int8 quantisation with OpenVINO")
 

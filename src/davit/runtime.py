@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,10 +33,49 @@ from torch import Tensor, nn
 from .dtypes import autocast_dtype
 from .errors import require
 
-BACKENDS = ("torch", "onnxruntime", "openvino")
-RUNTIME_DTYPES = ("fp32", "bf16")
 OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16"}
-EXTRAS = {"onnxruntime": ("onnxruntime", "export"), "openvino": ("openvino", "openvino")}  # module, extra
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a runtime can do here: the compute dtypes it has, whether it has an int8 path, whether
+    it runs on the CPU only, and the package (and the extra that installs it) it needs."""
+
+    dtypes: tuple[str, ...]
+    int8: bool
+    cpu_only: bool
+    module: str | None = None
+    extra: str | None = None
+
+
+# The one table every command, the server, the benchmark and the exported files consult.
+CAPABILITIES = {
+    "torch": Capabilities(("fp32", "bf16"), int8=False, cpu_only=False),
+    # ONNX Runtime's CPU provider has no bfloat16 path; its int8 is static QDQ quantisation
+    "onnxruntime": Capabilities(("fp32",), int8=True, cpu_only=True, module="onnxruntime", extra="export"),
+    "openvino": Capabilities(("fp32", "bf16"), int8=True, cpu_only=True, module="openvino", extra="openvino"),
+}
+BACKENDS = tuple(CAPABILITIES)
+RUNTIME_DTYPES = ("fp32", "bf16")  # what at least one runtime computes in
+
+
+def dtype_refusal(backend: str, dtype: str) -> str | None:
+    """Why ``backend`` cannot compute in ``dtype``, as a message naming what does (None: it can)."""
+    dtypes = CAPABILITIES[backend].dtypes
+    if dtype in dtypes:
+        return None
+    others = [name for name, caps in CAPABILITIES.items() if dtype in caps.dtypes and caps.cpu_only]
+    elsewhere = f"; {dtype} runs on {' or '.join(others)}" if others else ""
+    no_bf16 = backend == "onnxruntime" and dtype == "bf16"
+    reason = "ONNX Runtime's CPU provider has no bfloat16 path: " if no_bf16 else ""
+    return f"{reason}{backend} runs --dtype {' or '.join(dtypes)}, not {dtype}{elsewhere}"
+
+
+def require_runtime(backend: str, feature: str) -> None:
+    """Stop with the ``pip install`` to run when ``backend``'s package is missing."""
+    caps = CAPABILITIES[backend]
+    if caps.module is not None and caps.extra is not None:
+        require(caps.module, caps.extra, feature)
 
 
 class Backend(Protocol):
@@ -65,7 +105,7 @@ class OnnxRuntimeBackend:
     """An ONNX Runtime session on an ONNX file (the model's export, or its int8 quantisation)."""
 
     def __init__(self, path: str | Path, threads: int | None, name: str = "onnxruntime") -> None:
-        require("onnxruntime", "export", "the onnxruntime backend")
+        require_runtime("onnxruntime", "the onnxruntime backend")
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -89,7 +129,7 @@ def openvino_core() -> Any:
     """The process's one ``openvino.Core``. Each Core loads the CPU plugin and destroying the last
     one unloads it while its thread pool may still run, which crashed a long-running process later,
     at random (a segfault in an idle thread); one Core for the whole process is never destroyed."""
-    require("openvino", "openvino", "the openvino backend")
+    require_runtime("openvino", "the openvino backend")
     import openvino
 
     return openvino.Core()
@@ -101,7 +141,7 @@ class OpenVinoBackend:
     dtype is that of the layers left in floating point."""
 
     def __init__(self, ov_model: Any, dtype: str | None, threads: int | None, int8: bool = False) -> None:
-        require("openvino", "openvino", "the openvino backend")
+        require_runtime("openvino", "the openvino backend")
 
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         if dtype is not None:
@@ -129,7 +169,7 @@ def convert_to_openvino(model: nn.Module, input_size: tuple[int, int]) -> Any:
     layers rather than this library's oneDNN kernels, and a symbolic batch. The example batch is 2,
     because torch.export fixes a dimension whose example value is 1.
     """
-    require("openvino", "openvino", "converting to OpenVINO")
+    require_runtime("openvino", "converting to OpenVINO")
     import openvino
 
     model = model.eval().float().cpu()

@@ -53,7 +53,7 @@ from ..errors import DeviceError, InvalidArgumentError
 from ..exported import open_backend, open_float_and_int8
 from ..flops import count_flops
 from ..model import build_model, is_florence2
-from ..runtime import BACKENDS, Backend
+from ..runtime import BACKENDS, Backend, dtype_refusal
 from ..timing import CEILING_SIZE, matmul_step, peak_memory, time_alternately, time_in_blocks
 from .references import timm_reference, transformers_reference
 from .report import format_report, runtime_settings
@@ -151,9 +151,9 @@ class BenchmarkOptions:
                                        "use --mode inference and --dtype fp32 or bf16")
         if self.device not in (None, "cpu"):
             raise InvalidArgumentError("onnxruntime and openvino are timed on the CPU; use --device cpu")
-        if self.dtype == "bf16" and "onnxruntime" in runtimes:
-            raise InvalidArgumentError("ONNX Runtime's CPU provider has no bfloat16 path; time onnxruntime "
-                                       "with --dtype fp32")
+        refusals = [refusal for name in runtimes if (refusal := dtype_refusal(name, self.dtype))]
+        if refusals:
+            raise InvalidArgumentError(refusals[0])
 
     @property
     def runtimes(self) -> tuple[str, ...]:

@@ -35,7 +35,7 @@ from ..dtypes import DTYPES, autocast_dtype
 from ..errors import DavitError, InvalidArgumentError
 from ..exported import exported_runtime, exported_source, open_backend, open_exported
 from ..records import error_record, prediction_record
-from ..runtime import BACKENDS
+from ..runtime import BACKENDS, CAPABILITIES, dtype_refusal
 from ..vis.drawing import ClassScore, PredictionPictures
 from . import distributed
 from .predict import class_probabilities, sharded_loader
@@ -154,12 +154,12 @@ def _check_backend(options: InferenceOptions) -> None:
         raise InvalidArgumentError(f"--backend must be one of {', '.join(BACKENDS)}, not {options.backend!r}")
     if options.backend == "torch":
         return
-    if options.device not in (None, "cpu"):
+    if options.device not in (None, "cpu") and CAPABILITIES[options.backend].cpu_only:
         raise InvalidArgumentError(f"--backend {options.backend} runs on the CPU; drop --device "
                                    f"{options.device} or use --backend torch")
-    if options.dtype not in ("fp32", "bf16") or (options.backend == "onnxruntime" and options.dtype != "fp32"):
-        raise InvalidArgumentError(f"--backend {options.backend} runs --dtype fp32"
-                                   f"{' or bf16' if options.backend == 'openvino' else ''}, not {options.dtype}")
+    refusal = dtype_refusal(options.backend, options.dtype)
+    if refusal is not None:
+        raise InvalidArgumentError(f"--backend {refusal}")
 
 
 class FoundImages(NamedTuple):
