@@ -57,10 +57,9 @@ def get_model(model: ModelSource, pretrained: bool | str | Path | None = None,
         state_dict, file_card = None, None
     card = _card(ref, file_card, state_dict, num_classes, semantics)
     net = build_model(card.arch, card.num_classes, card.semantics, _projection_dim(card, state_dict),
-                      **{**ref.backbone_options, **backbone_options})
+                      card=card, **{**ref.backbone_options, **backbone_options})
     if state_dict is not None:
         _load(net, state_dict)
-    _attach(net, card)
     net.eval()
     return net.to(target) if target is not None else net
 
@@ -117,11 +116,6 @@ def _with_classes(card: ModelCard, num_classes: int | None) -> ModelCard:
     return replace(card, num_classes=num_classes, class_names=names)
 
 
-def _attach(model: Model, card: ModelCard) -> None:
-    model.card = card
-    model.class_names = list(card.class_names) if card.class_names is not None else None
-
-
 def load_weights(model: Model, source: str | Path) -> None:
     """Load ``source`` into ``model`` (a different class count keeps the model's classifier) and
     take the card the weights carry."""
@@ -129,4 +123,4 @@ def load_weights(model: Model, source: str | Path) -> None:
     ref = ModelRef(model.arch, model.num_classes, None, getattr(model, "card", None))
     card = _card(ref, file_card, state_dict, model.num_classes, model.semantics)
     _load(model, state_dict)
-    _attach(model, card)
+    model.set_card(card)

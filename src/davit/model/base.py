@@ -29,10 +29,16 @@ class DaViTModel(nn.Module):
     num_features: int
     semantics: str
 
-    def __init__(self) -> None:
+    def __init__(self, card: ModelCard | None = None) -> None:
         super().__init__()
-        self.class_names: list[str] | None = None
-        self.card: ModelCard | None = None
+        self.set_card(card)
+
+    def set_card(self, card: ModelCard | None) -> None:
+        """Say what the model is (architecture, classes, preprocessing): ``davit.get_model`` gives
+        every model the card of its weights when it builds it, and a new one when it loads others."""
+        self.card = card
+        self.class_names: list[str] | None = (list(card.class_names) if card is not None and
+                                              card.class_names is not None else None)
 
     @property
     def arch(self) -> DaViTArch:

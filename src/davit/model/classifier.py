@@ -1,6 +1,8 @@
 """DaViT image classifier: backbone, then pooling, LayerNorm and a linear layer (:mod:`.head`)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import Tensor
 
 from ..errors import InvalidArgumentError
@@ -8,6 +10,9 @@ from .archs import DaViTArch, arch_name, resolve_arch, resolve_semantics
 from .backbone import DaViT
 from .base import DaViTModel
 from .head import ClassifierHead
+
+if TYPE_CHECKING:  # the card lives above the model; only its type is needed here
+    from ..checkpoint.card import ModelCard
 
 
 class DaViTClassifier(DaViTModel):
@@ -22,8 +27,8 @@ class DaViTClassifier(DaViTModel):
     head: ClassifierHead  # always one (with no linear layer for num_classes=0)
 
     def __init__(self, arch: str | dict | DaViTArch = "tiny", num_classes: int = 1000,
-                 semantics: str = "official", **backbone_options) -> None:
-        super().__init__()
+                 semantics: str = "official", card: ModelCard | None = None, **backbone_options) -> None:
+        super().__init__(card)
         if not isinstance(num_classes, int) or num_classes < 0:
             raise InvalidArgumentError(f"num_classes must be a non-negative integer, got {num_classes!r}")
         resolved = resolve_arch(arch)

@@ -13,7 +13,7 @@ from .florence2 import Florence2Encoder, is_florence2
 def build_model(arch: str | dict | DaViTArch, num_classes: int = 1000, semantics: str = "official",
                 projection_dim: int | None = None, **backbone_options: Any) -> DaViTModel:
     """A :class:`Florence2Encoder` for a Florence-2 tower (``projection_dim`` None: Florence-2's,
-    0: none), a :class:`DaViTClassifier` for every other architecture."""
+    0: none), a :class:`DaViTClassifier` for every other architecture; ``card=`` gives it its card."""
     resolved = resolve_arch(arch)
     if not is_florence2(resolved):
         if projection_dim is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +20,9 @@ from .archs import ARCHS, DaViTArch, arch_name, resolve_arch
 from .backbone import DaViT
 from .base import DaViTModel
 from .head import ClassifierHead
+
+if TYPE_CHECKING:  # the card lives above the model; only its type is needed here
+    from ..checkpoint.card import ModelCard
 
 PROJECTION_DIMS = {"florence2-base": 768, "florence2-large": 1024}  # the published language widths
 MAX_POSITIONS = 50  # rows and columns of the learned position table: sides up to 50 * 32 pixels
@@ -116,8 +120,8 @@ class Florence2Encoder(DaViTModel):
 
     def __init__(self, arch: str | dict | DaViTArch = "florence2-base", projection_dim: int | None = None,
                  num_classes: int = 0, out_indices: Iterable[int] = (3,), drop_path_rate: float = 0.0,
-                 frozen_stages: int = -1, grad_checkpointing: bool = False) -> None:
-        super().__init__()
+                 frozen_stages: int = -1, grad_checkpointing: bool = False, card: ModelCard | None = None) -> None:
+        super().__init__(card)
         resolved = resolve_arch(arch)
         if resolved.head:
             raise InvalidArgumentError(f"architecture {arch_name(resolved)} has a classification head; "
