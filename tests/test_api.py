@@ -9,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-import davit
 from davit import get_model, inference_model, list_models
 from davit.checkpoint.formats import from_davit
 from davit.checkpoint.load import CheckpointMismatchError
@@ -175,11 +174,6 @@ def test_every_format_loads_to_the_same_model(tmp_path, tiny_weights):
             outputs.append(get_model("tiny", pretrained=str(path))(x))
     for out in outputs[1:]:
         assert torch.equal(out, outputs[0])
-
-
-def test_public_names():
-    assert callable(davit.get_model) and callable(davit.inference_model)
-    assert davit.DaViTClassifier is DaViTClassifier
 
 
 def test_backbone_loads_a_classifier_checkpoint(tmp_path, tiny_weights, caplog):

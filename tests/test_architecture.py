@@ -39,9 +39,10 @@ def test_importing_the_model_loads_the_model_only():
 
 
 def test_the_facade_names_resolve_to_their_homes():
-    for name in davit.__all__:
-        assert getattr(davit, name) is not None
-    from davit.checkpoint.build import get_model
+    import importlib
 
-    assert davit.get_model is get_model
-    assert "get_model" in dir(davit)
+    for name, home in davit._EXPORTS.items():
+        assert getattr(davit, name) is getattr(importlib.import_module(home), name)
+    assert sorted(davit.__all__) == sorted([*davit._EXPORTS, "__version__"]) == sorted(dir(davit))
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        davit.nothing  # noqa: B018
