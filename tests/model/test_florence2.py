@@ -200,3 +200,20 @@ def test_weights_without_projector_build_the_tower(tmp_path, small_pair):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(tower(x), ours(x))
+
+
+def test_extract_feat_is_one_api_for_towers_and_classifiers():
+    from davit.errors import InvalidArgumentError
+    from davit.model import build_model
+    from tests.helpers import MINI_FLORENCE2
+
+    x = torch.rand(1, 3, 64, 64)
+    tuned = build_model(MINI_FLORENCE2, num_classes=3, projection_dim=0).eval()
+    with torch.no_grad():
+        assert [m.shape[1] for m in tuned.extract_feat(x)] == [64]  # out_indices (3,)
+        assert tuned.extract_feat(x, stage="pre_logits").shape == (1, 64)
+    tower = build_model(MINI_FLORENCE2, num_classes=0, projection_dim=0)
+    with pytest.raises(InvalidArgumentError, match="no classification head"):
+        tower.extract_feat(x, stage="pre_logits")
+    with pytest.raises(InvalidArgumentError, match="stage must be 'backbone' or 'pre_logits'"):
+        tower.extract_feat(x, stage="neck")

@@ -57,6 +57,19 @@ class DaViTModel(nn.Module):
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         raise NotImplementedError
 
+    def extract_feat(self, x: Tensor, stage: str = "backbone") -> tuple[Tensor, ...] | Tensor:
+        """Features for downstream use, as mmpretrain's ``extract_feat``.
+
+        ``stage="backbone"``: a tuple of NCHW maps of the stages in ``out_indices`` (strides 4 to 32).
+        ``stage="pre_logits"``: the (B, C) pooled and normalised features that feed the classifier.
+        """
+        if stage == "backbone":
+            self.check_input(x)
+            return self.backbone(x)
+        if stage == "pre_logits":
+            return self.forward_head(self.forward_features(x), pre_logits=True)
+        raise InvalidArgumentError(f"stage must be 'backbone' or 'pre_logits', got {stage!r}")
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass (less memory, more time)."""
         self.backbone.set_grad_checkpointing(enable)

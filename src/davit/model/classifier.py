@@ -49,18 +49,6 @@ class DaViTClassifier(DaViTModel):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def extract_feat(self, x: Tensor, stage: str = "backbone") -> tuple[Tensor, ...] | Tensor:
-        """Features for downstream use.
-
-        ``stage="backbone"``: a tuple of NCHW maps from the stages in ``out_indices``.
-        ``stage="pre_logits"``: the (B, C) pooled and normalised features that feed the classifier.
-        """
-        if stage == "backbone":
-            return self.backbone(x)
-        if stage == "pre_logits":
-            return self.forward_head(self.forward_features(x), pre_logits=True)
-        raise InvalidArgumentError(f"stage must be 'backbone' or 'pre_logits', got {stage!r}")
-
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the final linear layer with a freshly initialised one for ``num_classes``."""
         if not isinstance(num_classes, int) or num_classes < 0:

@@ -157,11 +157,6 @@ class Florence2Encoder(DaViTModel):
             return features.permute(0, 3, 1, 2)
         return self.forward_head(features)
 
-    def extract_feat(self, x: Tensor) -> tuple[Tensor, ...]:
-        """NCHW maps of the stages in ``out_indices`` (strides 4 to 32), for dense prediction."""
-        self.check_input(x)
-        return self.backbone(x)
-
     def encode_image(self, x: Tensor) -> Tensor:
         """Florence-2's image tokens: the pooled token, then the H/32 x W/32 tokens row by row,
         (B, 1 + h*w, projection_dim)."""
