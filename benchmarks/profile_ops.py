@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch.profiler import profile
 
 from davit.benchmark import timm_reference
-from davit.timing import _without_profiler_chatter
 from davit.model import DaViTClassifier
+from davit.timing import _without_profiler_chatter
 
 GROUPS = (  # (label, substrings of operator names), first match wins
     ("matrix products of linear layers", ("linear_pointwise", "aten::addmm", "aten::mm")),
