@@ -1,4 +1,4 @@
-"""A new user's whole path, offline, with the README's own commands (each in a process of its own, as
+"""A new user's whole path, offline, with the commands of the guides (docs/guides) (each in a process of its own, as
 a user runs them) and nothing but real photos:
 
 build a 3-class folder dataset, fine-tune with data-root ``--cfg-options`` (and ``load_from=None``:
@@ -53,7 +53,7 @@ def _image(record: dict) -> Path:
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> dict[str, Path]:
-    """Fine-tuned as the README says, on the user's own folders given by --cfg-options."""
+    """Fine-tuned as docs/guides/fine-tuning.md says, on the user's own folders given by --cfg-options."""
     root = tmp_path_factory.mktemp("journey")
     rng = np.random.default_rng(1)
     for name, photo in PHOTOS.items():
