@@ -5,7 +5,7 @@ layers, MLPs, residual position encodings and stage batches. Each gives the resu
 layer calls; how, depends on where it runs (benchmarks/LOG.md):
 
 * CPU inference in eager mode: linear layers run as oneDNN kernels with weights packed once into
-  oneDNN's blocked layout, applying GELU and the residual addition while the product is in cache,
+  oneDNN's blocked layout, applying GELU while the product is in cache,
   and stages run on groups of images small enough to stay in cache (:func:`images_per_group`).
 * CPU training: linear products and their input gradients go through oneDNN, and the MLP
   recomputes its GELU in the backward pass instead of keeping its output.
@@ -57,28 +57,23 @@ def fast_kernels_enabled() -> bool:
     return _enabled
 
 
-def linear(layer: nn.Linear, x: Tensor, residual: Tensor | None = None) -> Tensor:
-    """``layer(x)``, plus ``residual`` when given."""
+def linear(layer: nn.Linear, x: Tensor) -> Tensor:
+    """``layer(x)``."""
     if _use_onednn(x, layer):
-        return _onednn_linear(x, layer, residual=residual)
+        return _onednn_linear(x, layer)
     if (_enabled and torch.is_grad_enabled() and x.device.type == "cpu" and layer.bias is not None
             and not _has_hooks(layer)):
-        out = _TrainingLinear.apply(x, layer.weight, layer.bias)
-    else:
-        out = layer(x)
-    return out if residual is None else residual + out
+        return _TrainingLinear.apply(x, layer.weight, layer.bias)
+    return layer(x)
 
 
-def mlp(fc1: nn.Linear, act: nn.GELU, fc2: nn.Linear, x: Tensor,
-        residual: Tensor | None = None) -> Tensor:
-    """``fc2(act(fc1(x)))``, plus ``residual`` when given (``act`` is an exact GELU)."""
+def mlp(fc1: nn.Linear, act: nn.GELU, fc2: nn.Linear, x: Tensor) -> Tensor:
+    """``fc2(act(fc1(x)))`` (``act`` is an exact GELU)."""
     if _use_onednn(x, fc1, fc2) and not _has_hooks(act):
-        return _onednn_linear(_onednn_linear(x, fc1, "gelu"), fc2, residual=residual)
+        return _onednn_linear(_onednn_linear(x, fc1, "gelu"), fc2)
     if _enabled and torch.is_grad_enabled() and not _has_hooks(fc1, act, fc2):
-        out = _MlpWithGeluRecompute.apply(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
-    else:
-        out = fc2(act(fc1(x)))
-    return out if residual is None else residual + out
+        return _MlpWithGeluRecompute.apply(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+    return fc2(act(fc1(x)))
 
 
 def conv_plus_input(conv: nn.Conv2d, x: Tensor) -> Tensor:
@@ -128,7 +123,7 @@ def _has_hooks(*modules: nn.Module) -> bool:
 
 
 def _use_onednn(x: Tensor, *layers: nn.Linear) -> bool:
-    """Whether ``layers`` may run as oneDNN's linear kernels, fused with the GELU and residual.
+    """Whether ``layers`` may run as oneDNN's linear kernels, fused with the GELU.
 
     For CPU inference in eager mode (no autograd, not traced by torch.compile or export), in
     float32 or bfloat16 (autocast included), on layers without hooks: anything that observes the
@@ -169,16 +164,11 @@ def has_onednn_linear() -> bool:
     return _HAS_ONEDNN_LINEAR
 
 
-def _onednn_linear(x: Tensor, layer: nn.Linear, activation: str = "none",
-                   residual: Tensor | None = None) -> Tensor:
-    """``activation(layer(x))`` (plus ``residual``) as one oneDNN kernel, in autocast's dtype."""
+def _onednn_linear(x: Tensor, layer: nn.Linear, activation: str = "none") -> Tensor:
+    """``activation(layer(x))`` as one oneDNN kernel, in autocast's dtype."""
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
     weight, bias = packed_parameters(layer, dtype)
-    x = x.to(dtype)
-    if residual is not None and residual.dtype == dtype and activation == "none":
-        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, "add")
-    out = torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "none")
-    return out if residual is None else residual + out
+    return torch.ops.mkldnn._linear_pointwise(x.to(dtype), weight, bias, activation, [], "none")
 
 
 _PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()

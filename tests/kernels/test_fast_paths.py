@@ -220,7 +220,7 @@ def _count_onednn_calls(monkeypatch) -> list[int]:
 @needs_onednn
 @pytest.mark.parametrize("dtype", ["fp32", "autocast", "pure-bf16"])
 def test_onednn_linear_path_equals_the_plain_layers(monkeypatch, dtype):
-    """CPU inference runs the linear layers through oneDNN (fused GELU and residual, packed
+    """CPU inference runs the linear layers through oneDNN (fused GELU, packed
     weights); with autograd on, the plain nn.Linear calls run; both give the same logits."""
     torch.manual_seed(0)
     model = DaViTClassifier(MINI, num_classes=5).eval()

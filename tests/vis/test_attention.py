@@ -79,14 +79,14 @@ def test_channel_attention_rebuilds_the_module_output(variant):
     model = tiny_model(variant)
     attention = model.backbone.stages[2].blocks[0].channel.attn
     seen = _capture(attention, model, model_input(model, CAT).tensor)
-    tokens, residual, output = seen["args"][0], seen["kwargs"]["residual"], seen["output"]
+    tokens, output = seen["args"][0], seen["output"]
     probabilities = channel_attention_probabilities(attention, tokens)
     assert probabilities.shape == (1, 4, 8, 8)
     assert torch.allclose(probabilities.sum(-1), torch.ones(()), atol=1e-5)
     qkv = torch.nn.functional.linear(tokens, attention.qkv.weight, attention.qkv.bias)
     query, _, value = (_heads(part, attention.num_heads) for part in qkv.chunk(3, dim=-1))
     mixed = (value if variant == "florence2" else query) @ probabilities.transpose(-1, -2)
-    rebuilt = torch.nn.functional.linear(_merge(mixed), attention.proj.weight, attention.proj.bias) + residual
+    rebuilt = torch.nn.functional.linear(_merge(mixed), attention.proj.weight, attention.proj.bias)
     assert torch.allclose(rebuilt, output, atol=1e-5)
 
     result = block_attention(model, CAT, stage=2, block=0)

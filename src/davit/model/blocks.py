@@ -2,9 +2,9 @@
 
 Activations travel through a stage as (B, H, W, C) tensors: LayerNorm, Linear and window
 partitioning act on the last dimension directly, and the convolutions see a channels-last NCHW
-view of the same memory, so no block copies data to change layout. Linear layers, MLPs and
-residual position encodings go through :mod:`davit.kernels`, which computes them (and the residual
-additions handed to it) with fewer passes over memory.
+view of the same memory, so no block copies data to change layout. The blocks are the paper's
+pre-norm residuals, ``x + drop_path(branch(norm(x)))``; linear layers, MLPs and position encodings
+go through :mod:`davit.kernels`, which computes each of them with fewer passes over memory.
 """
 from __future__ import annotations
 
@@ -23,13 +23,8 @@ class DropPath(nn.Module):
         super().__init__()
         self.p = p
 
-    @property
-    def active(self) -> bool:
-        """Whether this drops anything (training with p > 0); otherwise it is the identity."""
-        return self.p > 0.0 and self.training
-
     def forward(self, x: Tensor) -> Tensor:
-        if not self.active:
+        if self.p == 0.0 or not self.training:
             return x
         return stochastic_depth(x, self.p, "row", self.training)
 
@@ -57,9 +52,8 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_dim, dim)
 
-    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        """``fc2(gelu(fc1(x)))``, plus ``residual`` when given."""
-        return kernels.mlp(self.fc1, self.act, self.fc2, x, residual)
+    def forward(self, x: Tensor) -> Tensor:
+        return kernels.mlp(self.fc1, self.act, self.fc2, x)
 
 
 class WindowAttention(nn.Module):
@@ -95,8 +89,8 @@ class ChannelAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        """Attention over ``x`` (B, N, C), plus ``residual`` when given."""
+    def forward(self, x: Tensor) -> Tensor:
+        """Attention over ``x`` (B, N, C)."""
         batch, tokens, dim = x.shape
         qkv = kernels.linear(self.qkv, x).view(batch, tokens, 3, self.num_heads, dim // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
@@ -108,7 +102,7 @@ class ChannelAttention(nn.Module):
         else:
             attn = (torch.matmul(k.transpose(-1, -2), v) * self.scale).softmax(dim=-1)
             x = torch.matmul(q, attn.transpose(-1, -2))
-        return kernels.linear(self.proj, x.transpose(1, 2).reshape(batch, tokens, dim), residual)
+        return kernels.linear(self.proj, x.transpose(1, 2).reshape(batch, tokens, dim))
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, variant={self.variant!r}"
@@ -132,9 +126,7 @@ class SpatialBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self._window_attention(self.cpe1(x))
         x = self.cpe2(x)
-        if self.drop_path.active:
-            return x + self.drop_path(self.mlp(self.norm2(x)))
-        return self.mlp(self.norm2(x), residual=x)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
     def _window_attention(self, x: Tensor) -> Tensor:
         """``x + attn(norm1(x))`` over non-overlapping windows, padding right/bottom if needed."""
@@ -173,16 +165,10 @@ class ChannelBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.cpe1(x)
         batch, height, width, dim = x.shape
-        tokens = self.norm1(x).view(batch, height * width, dim)
-        if self.drop_path.active:
-            x = x + self.drop_path(self.attn(tokens).view(batch, height, width, dim))
-        else:
-            x = self.attn(tokens, residual=x.reshape(batch, height * width, dim))
-            x = x.view(batch, height, width, dim)
+        tokens = self.norm1(x).view(batch, height * width, dim)  # channel attention sees all tokens
+        x = x + self.drop_path(self.attn(tokens).view(batch, height, width, dim))
         x = self.cpe2(x)
-        if self.drop_path.active:
-            return x + self.drop_path(self.mlp(self.norm2(x)))
-        return self.mlp(self.norm2(x), residual=x)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class DualAttentionBlock(nn.Module):
