@@ -23,12 +23,19 @@ def cli_reference() -> str:
     """One section per subcommand: its description and its ``--help``, as the parser prints it."""
     from davit.cli.app import build_parser
 
+    columns = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = HELP_WIDTH  # argparse wraps to the terminal; the page has a fixed width
-    parser = build_parser()
-    sections = ["## davit", "", "```text", parser.format_help().rstrip(), "```", ""]
-    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
-    for name, sub in commands.choices.items():
-        sections += [f"## davit {name}", "", "```text", sub.format_help().rstrip(), "```", ""]
+    try:
+        parser = build_parser()
+        sections = ["## davit", "", "```text", parser.format_help().rstrip(), "```", ""]
+        commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+        for name, sub in commands.choices.items():
+            sections += [f"## davit {name}", "", "```text", sub.format_help().rstrip(), "```", ""]
+    finally:  # the test suite calls this too: leave its terminal width as it was
+        if columns is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = columns
     return "\n".join(sections)
 
 
