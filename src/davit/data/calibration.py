@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -12,7 +12,8 @@ from tqdm import tqdm
 
 from ..errors import DatasetError, DavitError, InvalidArgumentError
 from .datasets import image_files
-from .images import load_image
+from .images import StoredImage, load_image
+from .sources import is_stored_source, stored_samples
 from .transforms import TestTransform
 
 logger = logging.getLogger("davit")
@@ -20,17 +21,22 @@ logger = logging.getLogger("davit")
 
 def folder_images(folder: str | Path, transform: TestTransform, batch_size: int = 64,
                   limit: int | None = None, what: str = "calibration") -> list[Tensor]:
-    """The image files under ``folder`` (recursively, sorted; at most ``limit``) preprocessed by
-    ``transform`` into (N, 3, H, W) batches. An unreadable image is skipped with a warning; a
-    folder without images raises :class:`DatasetError` (``what`` names the folder's role)."""
+    """The image files under ``folder`` (recursively, sorted; at most ``limit``), or the samples of
+    a ``wds:`` / ``hf:`` source (:mod:`.sources`), preprocessed by ``transform`` into (N, 3, H, W)
+    batches. An unreadable image is skipped with a warning; a folder without images raises
+    :class:`DatasetError` (``what`` names the folder's role)."""
     root = Path(folder)
-    if not root.is_dir():
+    images: Sequence[Path | StoredImage]
+    if is_stored_source(str(folder)):
+        images = list(stored_samples(str(folder)).images)[:limit]
+    elif root.is_dir():
+        images = [root / name for name in image_files(root)[:limit]]
+    else:
         raise DatasetError(f"the {what} folder {root} does not exist; give a folder of images")
-    files = image_files(root)[:limit]
     tensors = []
-    for name in tqdm(files, desc=f"reading {what} images", unit="img", leave=False):
+    for image in tqdm(images, desc=f"reading {what} images", unit="img", leave=False):
         try:
-            tensors.append(transform(load_image(root / name)))
+            tensors.append(transform(load_image(image)))
         except DavitError as error:
             logger.warning("skipped an unreadable %s image: %s", what, error)
     if not tensors:

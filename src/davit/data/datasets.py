@@ -19,13 +19,14 @@ from torch.utils.data import Dataset
 from ..errors import DatasetError
 from .classes import imagenet_classes, imagenet_synsets
 from .images import ImageLoadError
+from .sources import DEFAULT_IMAGE_KEYS, DEFAULT_LABEL_KEY, NO_LABEL, StoredSamples, hf_samples, webdataset_samples
 
 logger = logging.getLogger("davit")
 
 # mmpretrain's IMG_EXTENSIONS, and the other formats Pillow reads (a GIF gives its first frame)
 MMPRETRAIN_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif")
 IMAGE_EXTENSIONS = (*MMPRETRAIN_EXTENSIONS, ".tiff", ".webp", ".gif")
-DATASET_TYPES = ("ImageNet", "CustomDataset")
+DATASET_TYPES = ("ImageNet", "CustomDataset", "WebDataset", "HFDataset")
 # Dataset config keys read elsewhere (the pipeline builds the transform) or without effect here.
 _OTHER_KEYS = {"type", "pipeline", "test_mode", "lazy_init", "serialize_data", "max_refetch"}
 
@@ -71,14 +72,15 @@ class LabelledImageDataset(Dataset):
     """Image files with integer labels, decoded and transformed on access.
 
     Args:
-        samples: (image path, label) pairs.
+        samples: (image, label) pairs: paths, stored images (:mod:`.sources`) or anything the
+            transform takes.
         transform: maps an image path to a tensor; raises ImageLoadError for a bad file.
         classes: class names indexed by label, when known.
         num_classes: when given, every label must lie in ``[0, num_classes)``.
         source: what the samples came from, for error messages.
     """
 
-    def __init__(self, samples: list[tuple[Path, int]], transform: Transform,
+    def __init__(self, samples: list[tuple[Any, int]], transform: Transform,
                  classes: list[str] | None = None, num_classes: int | None = None,
                  source: str = "the dataset") -> None:
         if not samples:
@@ -261,6 +263,8 @@ def build_dataset(cfg: dict, transform: Transform, num_classes: int | None = Non
     kind = cfg.get("type", "ImageNet")
     if kind not in DATASET_TYPES:
         raise DatasetError(f"unsupported dataset type {kind!r}; use one of {list(DATASET_TYPES)}")
+    if kind in ("WebDataset", "HFDataset"):
+        return _stored_dataset(cfg, transform, num_classes, section)
     known = _OTHER_KEYS | {"data_root", "data_prefix", "ann_file", "split", "classes",
                                "metainfo", "with_label", "extensions"}
     unknown = sorted(set(cfg) - known)
@@ -304,6 +308,46 @@ def build_dataset(cfg: dict, transform: Transform, num_classes: int | None = Non
     return ClassFolderDataset(img_root, transform, classes if kind == "CustomDataset" else None,
                               num_classes, imagenet_synsets=kind == "ImageNet", section=section,
                               extensions=extensions)
+
+
+def _stored_dataset(cfg: dict, transform: Transform, num_classes: int | None,
+                    section: str) -> LabelledImageDataset:
+    """A ``WebDataset`` section (``urls``, ``image_key``, ``label_key``) or an ``HFDataset`` one
+    (``path``, ``split``, ``image_column``, ``label_column``); relative paths join ``data_root``."""
+    kind = cfg["type"]
+    cfg = {key: value for key, value in cfg.items() if value not in ("", None)}  # cleared by --cfg-options
+    options = {"WebDataset": {"urls", "image_key", "label_key"},
+               "HFDataset": {"path", "split", "image_column", "label_column"}}[kind]
+    unknown = sorted(set(cfg) - options - _OTHER_KEYS - {"data_root", "classes", "metainfo"})
+    if unknown:
+        raise DatasetError(f"{section}.dataset (type {kind}) has options it does not take: {unknown}; "
+                           f"its options are {sorted(options | {'data_root', 'classes'})}")
+    root = os.path.expanduser(cfg.get("data_root", ""))
+    if kind == "WebDataset":
+        if not cfg.get("urls"):
+            raise DatasetError(f"{section}.dataset needs urls: the shard pattern, e.g. 'train-{{0000..0099}}.tar'")
+        urls = os.path.join(root, os.path.expanduser(cfg["urls"]))
+        keys = cfg.get("image_key", DEFAULT_IMAGE_KEYS)
+        samples = webdataset_samples(urls, (keys,) if isinstance(keys, str) else tuple(keys),
+                                     cfg.get("label_key", DEFAULT_LABEL_KEY))
+    else:
+        if not cfg.get("path"):
+            raise DatasetError(f"{section}.dataset needs path: a saved dataset folder or a dataset name")
+        local = os.path.join(root, os.path.expanduser(cfg["path"]))
+        samples = hf_samples(local if os.path.exists(local) else cfg["path"], cfg.get("split"),
+                             cfg.get("image_column", "image"), cfg.get("label_column", "label"))
+    return stored_dataset(samples, transform, _configured_classes(cfg, section), num_classes, section)
+
+
+def stored_dataset(samples: StoredSamples, transform: Transform, classes: list[str] | None = None,
+                   num_classes: int | None = None, section: str = "the dataset") -> LabelledImageDataset:
+    """A labelled dataset of stored images; every sample must have a class."""
+    unlabelled = [str(image) for image, label in samples.pairs() if label == NO_LABEL]
+    if unlabelled:
+        raise DatasetError(f"{len(unlabelled)} sample(s) of {samples.source} have no class, the first "
+                           f"{unlabelled[0]}; give every sample one (label_key / label_column)")
+    return LabelledImageDataset(list(samples.pairs()), transform, classes or samples.classes, num_classes,
+                                f"{section} ({samples.source})")
 
 
 def _configured_extensions(cfg: dict, section: str) -> tuple[str, ...]:

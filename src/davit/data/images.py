@@ -1,24 +1,37 @@
 """Turning image files, PIL images and numpy arrays into RGB PIL images."""
 
+import io
 import os
 import re
 import warnings
 from pathlib import Path
-from typing import TypeAlias
+from typing import BinaryIO, Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageLoadError
 
-ImageSource: TypeAlias = str | os.PathLike[str] | Image.Image | np.ndarray
+
+@runtime_checkable
+class StoredImage(Protocol):
+    """An encoded image kept inside another file (a tar shard's member, a dataset's row), read on
+    demand; ``str()`` of it names it in messages and records."""
+
+    def read(self) -> bytes:
+        """The image file's bytes; raises :class:`ImageLoadError` when they cannot be read."""
+        ...
+
+
+ImageSource: TypeAlias = str | os.PathLike[str] | Image.Image | np.ndarray | StoredImage
 
 
 
 def load_image(source: ImageSource) -> Image.Image:
     """Load ``source`` as a fully decoded RGB image that holds no open file.
 
-    ``source`` is a path to an image file, a PIL image, or a uint8 numpy array:
+    ``source`` is a path to an image file, a :class:`StoredImage` (an image inside a webdataset
+    shard or a Hugging Face dataset), a PIL image, or a uint8 numpy array:
     HxWx3 (RGB; note that mmpretrain takes arrays as BGR), HxW (grey) or HxWx4
     (RGBA). Files and PIL images are turned upright by their EXIF orientation,
     as mmpretrain's OpenCV loading does. Alpha is dropped, not composited,
@@ -39,9 +52,11 @@ def load_image(source: ImageSource) -> Image.Image:
         return _to_rgb(source, getattr(source, "filename", "") or "the given PIL image")
     if isinstance(source, np.ndarray):
         return _from_array(source)
+    if isinstance(source, StoredImage):
+        return _decode(io.BytesIO(source.read()), str(source))
     raise ImageLoadError(
         f"cannot load an image from an object of type {type(source).__name__}; pass a file path, "
-        "a PIL image or an HxWx3 uint8 numpy array"
+        "a stored image, a PIL image or an HxWx3 uint8 numpy array"
     )
 
 
@@ -54,26 +69,32 @@ def _load_file(path: Path) -> Image.Image:
     if not path.is_file():
         raise ImageLoadError(f"{path} is not a regular file (a FIFO, socket or device) and is not opened; "
                              "pass image files")
+    with open(path, "rb") as fp:
+        return _decode(fp, str(path))
+
+
+def _decode(fp: BinaryIO, name: str) -> Image.Image:
+    """Decode the encoded image ``fp`` holds (``name`` says which image it is in messages)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with open(path, "rb") as fp, Image.open(fp) as image:
-                return _to_rgb(image, str(path))
+            with Image.open(fp) as image:
+                return _to_rgb(image, name)
     except UnidentifiedImageError:
         raise ImageLoadError(
-            f"{path} is not an image file Pillow can read; pass a JPEG, PNG or other image file"
+            f"{name} is not an image file Pillow can read; pass a JPEG, PNG or other image file"
         ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         found = re.search(r"\((\d+) pixels\)", str(err))
         size = f"{found[1]} pixels" if found else "too many pixels"
         raise ImageLoadError(
-            f"{path} has {size}, over the limit PIL.Image.MAX_IMAGE_PIXELS = "
+            f"{name} has {size}, over the limit PIL.Image.MAX_IMAGE_PIXELS = "
             f"{Image.MAX_IMAGE_PIXELS} pixels, and is refused as a possible decompression "
             "bomb; if you trust this file, raise PIL.Image.MAX_IMAGE_PIXELS (or set it to "
             "None) and load it again"
         ) from None
     except OSError as err:
-        raise ImageLoadError(f"cannot read {path}: {err}") from err
+        raise ImageLoadError(f"cannot read {name}: {err}") from err
 
 
 def _to_rgb(image: Image.Image, name: str) -> Image.Image:

@@ -19,7 +19,7 @@ from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
 from ..errors import ImageLoadError, InvalidArgumentError
-from .images import ImageSource, load_image
+from .images import ImageSource, StoredImage, load_image
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -196,7 +196,7 @@ def preprocess(
     :func:`~davit.data.load_image` accepts; ``transform`` defaults to
     :func:`build_test_transform`'s.
     """
-    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, StoredImage)):
         images = [images]
     images = list(images)
     if not images:

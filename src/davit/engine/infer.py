@@ -31,6 +31,8 @@ from ..checkpoint.build import get_model
 from ..checkpoint.card import Preprocessing
 from ..checkpoint.resolve import model_and_weights, resolve_device
 from ..data.datasets import IMAGE_EXTENSIONS, Batch, LabelledImageDataset, walk_images
+from ..data.images import StoredImage
+from ..data.sources import is_stored_source, stored_samples
 from ..dtypes import DTYPES, autocast_dtype
 from ..errors import DavitError, InvalidArgumentError
 from ..exported import exported_runtime, exported_source, open_backend, open_exported
@@ -110,7 +112,7 @@ def infer(options: InferenceOptions, sink: ResultSink | None = None) -> Inferenc
     distributed.init_distributed(device)
     output, done = _open_output(options, sink)
     done_real = {os.path.realpath(path) for path in done}  # the same file, however it is spelled
-    pending = [path for path in paths if os.path.realpath(path) not in done_real]
+    pending = [path for path in paths if os.path.realpath(str(path)) not in done_real]
     summary = InferenceSummary(total=len(paths), skipped=len(paths) - len(pending), not_images=not_images)
     try:
         if pending:
@@ -163,9 +165,10 @@ def _check_backend(options: InferenceOptions) -> None:
 
 
 class FoundImages(NamedTuple):
-    """The image files inputs name, and how many other files their folders and patterns held."""
+    """The images inputs name (files, and stored images of webdataset shards and Hugging Face
+    datasets), and how many other files their folders and patterns held."""
 
-    paths: list[Path]
+    paths: list[Path | StoredImage]
     not_images: int = 0
 
 
@@ -174,8 +177,10 @@ def find_images(inputs: Sequence[str]) -> FoundImages:
     images (``IMAGE_EXTENSIONS``, any case) recursively in sorted order, and a pattern's sorted
     matches (its folders searched, its other files kept when they are images); files passed over
     for their extension are counted. A named file that is no regular file (a FIFO ...) is kept, and
-    its record says so (it is never opened). An input that yields nothing is an error."""
-    found: dict[str, Path] = {}
+    its record says so (it is never opened). ``wds:`` and ``hf:`` inputs name the samples of
+    webdataset shards and Hugging Face datasets (:mod:`davit.data.sources`). An input that yields
+    nothing is an error."""
+    found: dict[str, Path | StoredImage] = {}
     empty = []
     not_images = 0
     for text in inputs:
@@ -184,7 +189,7 @@ def find_images(inputs: Sequence[str]) -> FoundImages:
             empty.append(text)
         not_images += images.not_images
         for path in images.paths:
-            found.setdefault(os.path.normpath(path), path)
+            found.setdefault(os.path.normpath(str(path)), path)
     if empty:
         raise InvalidArgumentError(
             f"{'; '.join(map(_nothing_found, empty))}: pass existing image files, folders holding "
@@ -192,7 +197,7 @@ def find_images(inputs: Sequence[str]) -> FoundImages:
     return FoundImages(list(found.values()), not_images)
 
 
-def expand_inputs(inputs: Sequence[str]) -> list[Path]:
+def expand_inputs(inputs: Sequence[str]) -> list[Path | StoredImage]:
     """The image files of :func:`find_images`."""
     return find_images(inputs).paths
 
@@ -205,12 +210,14 @@ def _nothing_found(text: str) -> str:
 
 
 def _expand(text: str) -> FoundImages:
+    if is_stored_source(text):
+        return FoundImages(list(stored_samples(text).images))
     path = Path(text).expanduser()
     if path.is_dir():
         return _images_in(path)
     if path.exists() or not _PATTERN_CHARS & set(text):
         return FoundImages([path] if path.exists() else [])
-    images: list[Path] = []
+    images: list[Path | StoredImage] = []
     not_images = 0
     for match in sorted(glob.glob(os.path.expanduser(text), recursive=True)):
         if os.path.isdir(match):
@@ -226,7 +233,8 @@ def _expand(text: str) -> FoundImages:
 
 def _images_in(folder: Path) -> FoundImages:
     walk = walk_images(folder)
-    return FoundImages([folder / name for name in walk.files], walk.not_images)
+    paths: list[Path | StoredImage] = [folder / name for name in walk.files]
+    return FoundImages(paths, walk.not_images)
 
 
 def _device(requested: str | None) -> torch.device:
@@ -321,7 +329,7 @@ class _OnRuntime(nn.Module):
         return self.backend(images)
 
 
-def _classify(model: nn.Module, pending: list[Path], options: InferenceOptions,
+def _classify(model: nn.Module, pending: list[Path | StoredImage], options: InferenceOptions,
               device: torch.device, amp: torch.dtype | None, output: ResultSink | None,
               summary: InferenceSummary, pictures: PredictionPictures | None = None) -> None:
     """Classify this process's share of ``pending``; rank 0 writes every process's records,
@@ -348,11 +356,11 @@ def _classify(model: nn.Module, pending: list[Path], options: InferenceOptions,
                     _records(model, batch, pending, device, amp, options.topk, names)
                 step = sorted((r for part in distributed.gather_objects(mine) for r in part),
                               key=lambda item: item[0])
-                for _, record in step:
+                for index, record in step:
                     if output is not None:
                         output.write(record)
                     if pictures is not None and "error" not in record:
-                        pictures.save(record["image"], [ClassScore(top["label"], top["score"], top.get("class"))
+                        pictures.save(pending[index], [ClassScore(top["label"], top["score"], top.get("class"))
                                                        for top in record["topk"]])
                     summary.failed += "error" in record
                 summary.done += len(step)
@@ -361,7 +369,7 @@ def _classify(model: nn.Module, pending: list[Path], options: InferenceOptions,
         raise InferenceInterrupted(summary, options.out) from None
 
 
-def _records(model: nn.Module, batch: Batch, paths: list[Path], device: torch.device,
+def _records(model: nn.Module, batch: Batch, paths: list[Path | StoredImage], device: torch.device,
              amp: torch.dtype | None, k: int, names: Sequence[str] | None) -> list[tuple[int, dict]]:
     """(input index, prediction record) of each image of ``batch``: its top-``k`` or its error."""
     records = [(index, error_record(error, image=str(paths[index]))) for index, _, error in batch.failures]

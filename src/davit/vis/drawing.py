@@ -6,6 +6,7 @@ grow to a readable size, photos of thousands of pixels shrink), then written as 
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,11 +112,12 @@ class PredictionPictures:
         self.display_size = display_size
         self._used: set[str] = set()
 
-    def save(self, path: str | Path, topk: Sequence[ClassScore],
+    def save(self, path: ImageSource, topk: Sequence[ClassScore],
              ground_truth: tuple[int, str | None] | None = None) -> Path:
-        """Draw the image at ``path``; returns the picture's path."""
+        """Draw the image at ``path`` (or a stored image: ``SHARD#KEY`` is saved as
+        ``SHARD_KEY.png``); returns the picture's path."""
         picture = prediction_picture(path, topk, ground_truth, self.display_size)
-        stem, number = Path(path).stem, 0
+        stem, number = re.sub(r"[^\w.-]", "_", Path(str(path)).stem), 0
         name = f"{stem}.png"
         while name in self._used:
             number += 1
