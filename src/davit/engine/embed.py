@@ -34,6 +34,8 @@ from ..data.datasets import LabelledImageDataset
 from ..dtypes import autocast_dtype
 from ..errors import ImageLoadError, InvalidArgumentError
 from ..exported import ExportedModel, exported_runtime, exported_source, open_exported
+from . import distributed
+from .embed_shards import ShardedRun, embed_to_shards, is_folder_output
 from .infer import PROGRESS_MIN, expand_inputs
 from .predict import sharded_loader
 
@@ -47,7 +49,7 @@ class EmbedOptions:
     """``davit embed``'s options: images (files, folders, patterns), model and output file."""
 
     inputs: Sequence[str]
-    out: str  # .npy (+ .paths.txt), .npz or .safetensors
+    out: str  # .npy (+ .paths.txt), .npz or .safetensors; a folder: sharded parts (embed_shards)
     model: str = DEFAULT_MODEL
     checkpoint: str | None = None  # default: the model's published weights
     tokens: bool = False  # every token (B, T, D) instead of the pooled vector (B, D)
@@ -56,6 +58,9 @@ class EmbedOptions:
     dtype: str = "fp32"  # one of predict.DTYPES; bf16/fp16 run under autocast
     device: str | None = None  # default: cuda when available
     random_weights: bool = False  # build the model without weights (offline; seed torch first)
+    shard_format: str = "parquet"  # a folder's parts: parquet or npy
+    shard_size: int = 10_000  # images per part
+    resume: bool = False  # a folder: embed only the images its parts do not hold yet
 
 
 @dataclass
@@ -65,6 +70,7 @@ class Embeddings:
     array: np.ndarray
     sources: list[Any]  # the inputs embedded, in order (paths for davit embed)
     failures: list[str] = field(default_factory=list)  # one message per unreadable image
+    sharded: ShardedRun | None = None  # a run into a folder of parts: what it did (array stays empty)
 
 
 def embed_images(model: nn.Module | str, inputs: Sequence[Any] | str | Path, pooled: bool = True,
@@ -95,11 +101,25 @@ def embed_files(options: EmbedOptions) -> Embeddings:
     (the readable images only; the failures are returned). Inputs and output name are checked
     before the model is built."""
     out = Path(options.out)
-    check_output(out)
+    sharded = is_folder_output(options.out)
+    if not sharded:
+        check_output(out)
+        if options.resume:
+            raise InvalidArgumentError("--resume carries on a folder of embedding parts; give --out FOLDER/")
+        if distributed.env_world_size() > 1:
+            raise InvalidArgumentError("under torchrun each process writes its own parts: give --out FOLDER/ "
+                                       "(sharded output) instead of one file")
     paths = expand_inputs(options.inputs)
-    if options.batch_size < 1 or options.num_workers < 0:
-        raise InvalidArgumentError("batch_size must be positive and num_workers at least 0")
+    if options.batch_size < 1 or options.num_workers < 0 or options.shard_size < 1:
+        raise InvalidArgumentError("batch_size and shard_size must be positive and num_workers at least 0")
     model, target, amp = _embedding_model(options)
+    distributed.init_distributed(target)
+    if sharded:
+        run = embed_to_shards(model, embedding_function(model, not options.tokens), paths, out,
+                              options.shard_format, options.shard_size, options.resume, options.batch_size,
+                              options.num_workers, amp, target, "tokens" if options.tokens else "pooled",
+                              options.model)
+        return Embeddings(np.zeros((run.written, *run.shape), np.float32)[:0], [], run.failures, run)
     result = compute_embeddings(model, paths, not options.tokens, options.batch_size,
                                 options.num_workers, amp, target, len(paths) >= PROGRESS_MIN)
     result.sources = [str(path) for path in result.sources]
@@ -119,6 +139,8 @@ def _embedding_model(options: EmbedOptions) -> tuple[nn.Module, torch.device, to
         embedding_function(model, not options.tokens)  # refuse a file that gives no embeddings, first
         return model, torch.device("cpu"), None
     target = resolve_device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if distributed.env_world_size() > 1:
+        target = distributed.select_device(options.device)
     amp = autocast_dtype(options.dtype, target)
     if options.random_weights and options.checkpoint:
         raise InvalidArgumentError("--random-weights and --checkpoint exclude each other; pass one")
