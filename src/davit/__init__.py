@@ -19,6 +19,8 @@ _EXPORTS = {
     "push_to_hub": "davit.checkpoint.pretrained",
     "save_pretrained": "davit.checkpoint.pretrained",
     "embed_images": "davit.engine.embed",
+    "read_embedding_shards": "davit.engine.embed_shards",
+    "ImageIndex": "davit.search",
     "fast_kernels": "davit.kernels",
     "fast_kernels_enabled": "davit.kernels",
     "ARCHS": "davit.model",
@@ -40,8 +42,10 @@ if TYPE_CHECKING:
     from .checkpoint.pretrained import push_to_hub, save_pretrained
     from .checkpoint.resolve import ModelRef, resolve_model, resolve_weights
     from .engine.embed import embed_images
+    from .engine.embed_shards import read_embedding_shards
     from .kernels import fast_kernels, fast_kernels_enabled
     from .model import ARCHS, DaViT, DaViTArch, DaViTClassifier, DaViTModel, Florence2Encoder
+    from .search import ImageIndex
     from .zoo import list_models
 
 __all__ = [
@@ -51,6 +55,7 @@ __all__ = [
     "DaViTClassifier",
     "DaViTModel",
     "Florence2Encoder",
+    "ImageIndex",
     "ModelCard",
     "ModelRef",
     "Preprocessing",
@@ -62,6 +67,7 @@ __all__ = [
     "inference_model",
     "list_models",
     "push_to_hub",
+    "read_embedding_shards",
     "resolve_model",
     "resolve_weights",
     "save_pretrained",

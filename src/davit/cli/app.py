@@ -27,6 +27,8 @@ SUBCOMMANDS = {
     "train": "train",
     "benchmark": "benchmark",
     "embed": "embed",
+    "index": "index",
+    "search": "search",
     "cam": "cam",
     "attention": "attention",
     "serve": "serve",

@@ -21,6 +21,7 @@ record under that name, and the others go on.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import tarfile
@@ -258,3 +259,25 @@ def hf_samples(spec: str, split: str | None = None, image_column: str = "image",
     if not rows:
         raise DatasetError(f"the Hugging Face dataset {spec} has no rows")
     return StoredSamples(rows, labels, classes, name)
+
+
+def image_by_name(name: str) -> Path | StoredImage:
+    """The image a record or an index names: ``SHARD.tar#KEY`` (a webdataset sample),
+    ``hf:NAME#ROW`` (a dataset row) or a file path."""
+    if name.startswith(HF_PREFIX) and "#" in name:
+        spec, _, row = name.rpartition("#")
+        split = spec[spec.index("[") + 1:-1] if spec.endswith("]") else None
+        dataset = hf_samples(spec[len(HF_PREFIX):spec.index("[")] if split else spec[len(HF_PREFIX):], split)
+        return dataset.images[int(row)]
+    shard, hash_sign, key = name.rpartition("#")
+    if hash_sign and shard.endswith(".tar") and os.path.isfile(shard):
+        for member in _shard_index(shard):
+            if member.key == key:
+                return member
+        raise ImageLoadError(f"{shard} holds no sample {key!r}")
+    return Path(name)
+
+
+@functools.lru_cache(maxsize=64)
+def _shard_index(shard: str) -> list[ShardMember]:
+    return [member for member, _ in _index_shard(shard, DEFAULT_IMAGE_KEYS, DEFAULT_LABEL_KEY)]

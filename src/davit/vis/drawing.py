@@ -102,6 +102,13 @@ def prediction_picture(image: ImageSource, topk: Sequence[ClassScore],
     return with_caption(fit(load_image(image), display_size), lines)
 
 
+def picture_stem(image: ImageSource) -> str:
+    """A file-name stem for a picture of ``image``: a file's stem, a stored image's ``SHARD_KEY``."""
+    if isinstance(image, (str, Path)):
+        return re.sub(r"[^\w.-]", "_", Path(image).stem)
+    return re.sub(r"[^\w.-]", "_", Path(str(image)).name)
+
+
 class PredictionPictures:
     """Writes each image with its predictions drawn into ``folder`` as ``<file stem>.png``
     (``<stem>_1.png``... when several inputs share a stem), as mmpretrain's ``show_dir``."""
@@ -117,7 +124,7 @@ class PredictionPictures:
         """Draw the image at ``path`` (or a stored image: ``SHARD#KEY`` is saved as
         ``SHARD_KEY.png``); returns the picture's path."""
         picture = prediction_picture(path, topk, ground_truth, self.display_size)
-        stem, number = re.sub(r"[^\w.-]", "_", Path(str(path)).stem), 0
+        stem, number = picture_stem(path), 0
         name = f"{stem}.png"
         while name in self._used:
             number += 1
