@@ -25,6 +25,7 @@ from .data.images import ImageSource, load_image
 from .data.sources import image_by_name
 from .engine.embed import embed_images, load_embeddings
 from .engine.embed_shards import MANIFEST, read_embedding_shards
+from .engine.infer import expand_inputs
 from .errors import ImageLoadError, InvalidArgumentError
 from .vis.drawing import fit, with_caption
 
@@ -111,6 +112,16 @@ class ImageIndex:
             raise InvalidArgumentError(f"{path} holds token embeddings {array.shape[1:]}; index pooled "
                                        "embeddings (davit embed without --tokens)")
         return cls.build(array, names, kind, info=info, **options)
+
+    @classmethod
+    def from_images(cls, model: Any, inputs: Sequence[str], kind: str = "flat", batch_size: int = 16,
+                    num_workers: int = 0, **options: Any) -> ImageIndex:
+        """Embed the images ``inputs`` name (files, folders, patterns, ``wds:`` / ``hf:`` sources) with
+        ``model`` (pooled, as :func:`davit.embed_images`) and index them by name; an unreadable image
+        raises :class:`~davit.errors.ImageLoadError`."""
+        array = embed_images(model, list(inputs), batch_size=batch_size, num_workers=num_workers)
+        names = [str(found) for item in inputs for found in expand_inputs([str(item)])]  # as embed_images reads them
+        return cls.build(array, names, kind, **options)
 
     def __len__(self) -> int:
         return len(self.names)

@@ -96,3 +96,16 @@ def weights_seed(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+def add_engine(parser: argparse.ArgumentParser) -> None:
+    """``--engine torch|ray`` and where and how wide a Ray run goes."""
+    parser.add_argument("--engine", choices=("torch", "ray"), default="torch",
+                        help="torch: this process (or torchrun's); ray: Ray Data actors on the cluster at "
+                             "--ray-address (default: torch)")
+    parser.add_argument("--ray-address", help="with --engine ray: the cluster to join ('auto': the running "
+                        "one; default: RAY_ADDRESS, else a local Ray started for the run)")
+    parser.add_argument("--concurrency", type=positive_int, default=1,
+                        help="with --engine ray: actors, each holding the model once (default: 1)")
+    parser.add_argument("--num-gpus", type=float, default=0.0,
+                        help="with --engine ray: GPUs per actor (default: 0, CPU actors)")

@@ -8,8 +8,9 @@ from ..dtypes import DTYPES
 from ..engine.distributed import is_main_process
 from ..engine.embed import DEFAULT_MODEL, EmbedOptions, embed_files
 from ..engine.embed_shards import SHARD_FORMATS
+from ..engine.ray import embed_on_ray
 from .app import print_error
-from .argtypes import add_checkpoint, add_random_weights, non_negative_int, positive_int, weights_seed
+from .argtypes import add_checkpoint, add_engine, add_random_weights, non_negative_int, positive_int, weights_seed
 
 DESCRIPTION = """Embed images: one vector per image (the pooled image token of a Florence-2
 encoder; for a classifier, the pooled and normalised features before its head, i.e.
@@ -56,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=DTYPES, default="fp32",
                         help="fp32, or autocast in bf16 or fp16 (fp16 needs CUDA) (default: fp32)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    add_engine(parser)
     parser.set_defaults(run=run)
     return parser
 
@@ -66,8 +68,11 @@ def run(args: argparse.Namespace) -> int:
                            batch_size=args.batch_size, num_workers=args.num_workers,
                            dtype=args.dtype, device=args.device, random_weights=args.random_weights,
                            shard_format=args.shard_format, shard_size=args.shard_size, resume=args.resume)
-    with weights_seed(args.seed):
-        result = embed_files(options)
+    if args.engine == "ray":
+        result = embed_on_ray(options, args.seed, args.ray_address, args.concurrency, args.num_gpus)
+    else:
+        with weights_seed(args.seed):
+            result = embed_files(options)
     for message in result.failures:
         print_error(args.prog, message, kind="warning")
     if result.sharded is not None:

@@ -16,11 +16,13 @@ from ..data.datasets import IMAGE_EXTENSIONS
 from ..dtypes import DTYPES
 from ..engine import distributed
 from ..engine.infer import DEFAULT_MODEL, InferenceInterrupted, InferenceOptions, InferenceSummary, infer
+from ..engine.ray import predict_on_ray
 from ..errors import InvalidArgumentError
 from ..records import error_message
 from .app import print_error
 from .argtypes import (
     add_device,
+    add_engine,
     add_model_and_checkpoint,
     add_random_weights,
     add_semantics,
@@ -63,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_semantics(parser, help="official (the paper's model) or mmpretrain (its port's numerics) "
                                "(default: the weights' card's, else official)")
     parser.set_defaults(semantics=None)  # None: as the weights' card says
+    add_engine(parser)
     parser.add_argument("--show-dir", metavar="DIR",
                         help="also save each image with its top-k classes and scores drawn on it in DIR, "
                              "as <file stem>.png")
@@ -85,8 +88,12 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, semantics=args.semantics, resume=args.resume, show_dir=args.show_dir,
         backend=args.backend)
     try:
-        with weights_seed(args.seed):  # the same random weights in every process of a torchrun
-            summary = infer(options, _Printer(args.prog, args.json))
+        if args.engine == "ray":
+            summary = predict_on_ray(options, _Printer(args.prog, args.json), args.seed, args.ray_address,
+                                     args.concurrency, args.num_gpus)
+        else:
+            with weights_seed(args.seed):  # the same random weights in every process of a torchrun
+                summary = infer(options, _Printer(args.prog, args.json))
         if summary.not_images and distributed.is_main_process():
             print(f"{args.prog}: passed over {summary.not_images} file(s) of the input folders and patterns "
                   f"that are not images ({'/'.join(IMAGE_EXTENSIONS)})", file=sys.stderr)

@@ -23,6 +23,19 @@ class StoredImage(Protocol):
         ...
 
 
+class EncodedImage:
+    """An image file's bytes held in memory (a request body, a column of a batch), read as a file is."""
+
+    def __init__(self, data: bytes, name: str = "the encoded image") -> None:
+        self.data, self.name = data, name
+
+    def read(self) -> bytes:
+        return self.data
+
+    def __str__(self) -> str:
+        return self.name
+
+
 ImageSource: TypeAlias = str | os.PathLike[str] | Image.Image | np.ndarray | StoredImage
 
 

@@ -110,7 +110,7 @@ def infer(options: InferenceOptions, sink: ResultSink | None = None) -> Inferenc
     device = _device(options.device if on_torch else options.device or "cpu")
     amp = autocast_dtype(options.dtype, device) if on_torch else None  # a runtime's own
     distributed.init_distributed(device)
-    output, done = _open_output(options, sink)
+    output, done = open_output(options, sink)
     done_real = {os.path.realpath(path) for path in done}  # the same file, however it is spelled
     pending = [path for path in paths if os.path.realpath(str(path)) not in done_real]
     summary = InferenceSummary(total=len(paths), skipped=len(paths) - len(pending), not_images=not_images)
@@ -119,7 +119,7 @@ def infer(options: InferenceOptions, sink: ResultSink | None = None) -> Inferenc
             pictures = PredictionPictures(options.show_dir) \
                 if options.show_dir and distributed.is_main_process() else None
             model = _load_model(options, device)
-            _check_writer(options, model)
+            check_writer(options, model)
             _classify(model, pending, options, device, amp, output, summary, pictures)
     finally:
         if output is not None:
@@ -261,7 +261,7 @@ def model_identity(model: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def _check_writer(options: InferenceOptions, model: nn.Module) -> None:
+def check_writer(options: InferenceOptions, model: nn.Module) -> None:
     """Rank 0 records (or, resuming, checks) the model that writes ``options.out``, and every
     process stops together when another model wrote it."""
     problem: DavitError | None = None
@@ -275,7 +275,7 @@ def _check_writer(options: InferenceOptions, model: nn.Module) -> None:
         raise problem
 
 
-def _open_output(options: InferenceOptions,
+def open_output(options: InferenceOptions,
                  sink: ResultSink | None) -> tuple[ResultSink | None, set[str]]:
     """Rank 0's sink and the paths the output holds already. Rank 0 opens the file and shares
     the paths, or its error, so that every process stops or goes on together."""
