@@ -3,6 +3,7 @@ same images in folders, every sample once across processes, a corrupt sample one
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,3 +186,61 @@ def test_davit_test_metrics_equal_the_folders(tiny_checkpoint, same_images, hf_d
         results[name] = ({k: v for k, v in metrics.items() if k.startswith("accuracy")},
                          [(r["gt_label"], r["pred_label"]) for r in records])
     assert results["wds"] == results["folders"] == results["hf"]
+
+
+def _as_shard(folder, shard):
+    """The images of a class-folder dataset, in its order, as one webdataset shard with classes."""
+    dataset = build_dataset({"type": "CustomDataset", "data_root": str(folder)}, build_test_transform())
+    with webdataset.TarWriter(str(shard)) as writer:
+        for position, (path, label) in enumerate(dataset.samples):
+            writer.write({"__key__": f"{position:05d}", "png": path.read_bytes(), "cls": label})
+    return dataset.classes
+
+
+def _as_hf(folder, target):
+    datasets = pytest.importorskip("datasets")
+    dataset = build_dataset({"type": "CustomDataset", "data_root": str(folder)}, build_test_transform())
+    data = datasets.Dataset.from_dict(
+        {"image": [str(path) for path, _ in dataset.samples], "label": [label for _, label in dataset.samples]},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=dataset.classes)}))
+    data.save_to_disk(str(target))
+    return target
+
+
+def test_training_on_shards_and_a_dataset_equals_training_on_folders(tmp_path):
+    from tests.engine.test_train import _colour_folder, _records, _same_state, _tiny_config, train
+
+    data = tmp_path / "data"
+    _colour_folder(data / "train", per_class=4)
+    _colour_folder(data / "val", per_class=2, seed=1)
+    classes = _as_shard(data / "train", tmp_path / "train-0000.tar")
+    hf_val = _as_hf(data / "val", tmp_path / "val-hf")
+    options = ["--device", "cpu", "--deterministic", "--seed", "3"]
+    folders = _tiny_config(tmp_path / "folders.py", data, train_cfg="dict(by_epoch=True, max_epochs=2, val_interval=1)")
+    stored = _tiny_config(
+        tmp_path / "stored.py", data, train_cfg="dict(by_epoch=True, max_epochs=2, val_interval=1)",
+        train_dataloader=f"dict(batch_size=4, num_workers=2, dataset=dict(type='WebDataset', "
+                         f"urls={str(tmp_path / 'train-0000.tar')!r}, classes={classes!r}, pipeline=train_pipeline))",
+        val_dataloader=f"dict(batch_size=8, num_workers=0, dataset=dict(type='HFDataset', path={str(hf_val)!r}, "
+                       "pipeline=test_pipeline))")
+    assert train([str(folders), "--work-dir", str(tmp_path / "a"), *options]) == 0
+    assert train([str(stored), "--work-dir", str(tmp_path / "b"), *options]) == 0
+    a = torch.load(tmp_path / "a" / "latest.pth", map_location="cpu", weights_only=True)
+    b = torch.load(tmp_path / "b" / "latest.pth", map_location="cpu", weights_only=True)
+    _same_state(a["state_dict"], b["state_dict"])
+    assert _records(tmp_path / "b", "val") == _records(tmp_path / "a", "val")
+
+
+def test_predict_resumes_by_sample_name(same_images, tmp_path):
+    root, files, _ = same_images
+    model = json.dumps({"embed_dims": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]})
+    out = str(tmp_path / "p.jsonl")
+    torch.manual_seed(0)
+    first = infer(InferenceOptions(inputs=[f"wds:{root}/train-0000.tar"], model=model, random_weights=True,
+                                   out=out, num_workers=0))
+    torch.manual_seed(0)  # the same random weights: resuming needs the model that wrote the file
+    both = infer(InferenceOptions(inputs=[f"wds:{root}/train-{{0000..0001}}.tar"], model=model,
+                                  random_weights=True, out=out, resume=True, num_workers=0))
+    assert (first.done, both.skipped, both.done) == (4, 4, 3)
+    names = [json.loads(line)["image"].rsplit("#", 1)[1] for line in Path(out).read_text().splitlines()]
+    assert names == [f.stem for f in files]
