@@ -20,6 +20,7 @@ traced by torch.compile or export get the plain linear layers and whole batches.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from types import TracebackType
 
 import torch
@@ -92,6 +93,45 @@ def conv_plus_input(conv: nn.Conv2d, x: Tensor) -> Tensor:
     return x + conv(x)
 
 
+def window_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """``softmax(q kᵀ / √d) v`` over (windows, heads, tokens, head_dim) tensors.
+
+    For CPU inference on DaViT's small windows (49 tokens) two batched products and a softmax beat
+    the fused attention kernel, whose blocking is made for long sequences (benchmarks/LOG.md:
+    1.37 against 2.24 ms for stage 1 of DaViT-tiny at batch 1). Elsewhere (training, CUDA,
+    compiled or exported graphs, long windows) it is ``F.scaled_dot_product_attention``.
+    """
+    if (_enabled and q.device.type == "cpu" and not torch.is_grad_enabled() and q.shape[-2] <= SMALL_WINDOW
+            and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()):
+        scores = torch.matmul(q, k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)
+        return torch.matmul(scores.softmax(dim=-1), v)
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+SMALL_WINDOW = 144  # tokens: up to 12x12 windows take the batched products on CPU
+
+
+def patch_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """``conv(x)`` for a (B, C, H, W) view of (B, H, W, C) memory, returned as (B, H', W', C_out).
+
+    A convolution whose kernel equals its stride and has no padding (DaViT's 2x2 stride-2
+    downsamples) sees each input pixel once: it is a linear layer over non-overlapping patches. For
+    CPU inference it runs as one: the patches are gathered into rows (one pass over the input) and
+    multiplied with the packed weight, which avoids oneDNN's convolution and the copy of its weight
+    into the input's layout at every call.
+    """
+    if (conv.kernel_size == conv.stride and conv.padding == (0, 0) and conv.dilation == (1, 1)
+            and conv.groups == 1 and _use_onednn(x, conv)):
+        batch, channels, height, width = x.shape
+        kh, kw = conv.kernel_size
+        rows = x.permute(0, 2, 3, 1).reshape(batch, height // kh, kh, width // kw, kw, channels)
+        rows = rows.transpose(2, 3).reshape(batch, height // kh, width // kw, kh * kw * channels)
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        weight, bias = _packed(conv, dtype, lambda w: w.permute(0, 2, 3, 1).reshape(w.shape[0], -1))
+        return torch.ops.mkldnn._linear_pointwise(rows.to(dtype), weight, bias, "none", [], "none")
+    return conv(x).permute(0, 2, 3, 1)
+
+
 CPU_GROUP_BYTES = 2 << 20
 
 
@@ -122,7 +162,7 @@ def _has_hooks(*modules: nn.Module) -> bool:
                 or any(module._forward_hooks or module._forward_pre_hooks for module in modules))
 
 
-def _use_onednn(x: Tensor, *layers: nn.Linear) -> bool:
+def _use_onednn(x: Tensor, *layers: nn.Linear | nn.Conv2d) -> bool:
     """Whether ``layers`` may run as oneDNN's linear kernels, fused with the GELU.
 
     For CPU inference in eager mode (no autograd, not traced by torch.compile or export), in
@@ -185,14 +225,21 @@ def packed_parameters(layer: nn.Linear, dtype: torch.dtype) -> tuple[Tensor, Ten
     and are not seen (PyTorch discourages them). Inference tensors have no version counter and
     are not cached.
     """
+    return _packed(layer, dtype, lambda weight: weight)
+
+
+def _packed(layer: nn.Linear | nn.Conv2d, dtype: torch.dtype,
+            as_matrix: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor | None]:
+    """:func:`packed_parameters` of the (out, in) matrix ``as_matrix`` makes of ``layer.weight``."""
     weight, bias = layer.weight, layer.bias
     if weight.is_inference() or (bias is not None and bias.is_inference()):
-        return weight.to(dtype), None if bias is None else bias.to(dtype)
+        return as_matrix(weight).to(dtype), None if bias is None else bias.to(dtype)
     key = (dtype, weight._version, weight.data_ptr(),
            None if bias is None else (bias._version, bias.data_ptr()))
     entry = _PACKED.get(weight)
     if entry is None or entry[0] != key:
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype), None)
+        matrix = as_matrix(weight.detach()).to(dtype).contiguous()
+        packed = torch.ops.mkldnn._reorder_linear_weight(matrix, None)
         entry = (key, packed, None if bias is None else bias.detach().to(dtype))
         _PACKED[weight] = entry
     return entry[1], entry[2]

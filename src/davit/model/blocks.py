@@ -69,8 +69,8 @@ class WindowAttention(nn.Module):
         windows, tokens, dim = x.shape
         qkv = kernels.linear(self.qkv, x).view(windows, tokens, 3, self.num_heads, dim // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        # The CPU and CUDA kernels return (windows, tokens, heads, head_dim) memory: no copy here.
-        x = F.scaled_dot_product_attention(q, k, v)
+        # (windows, heads, tokens, head_dim) out; the projection reads it back as (windows, tokens, dim)
+        x = kernels.window_attention(q, k, v)
         return kernels.linear(self.proj, x.transpose(1, 2).reshape(windows, tokens, dim))
 
 
@@ -211,7 +211,7 @@ class PatchEmbed(nn.Module):
         pad = self._input_padding(*x.shape[-2:])
         if any(pad):
             x = F.pad(x, pad)
-        x = self.conv(x).permute(0, 2, 3, 1)
+        x = kernels.patch_conv(self.conv, x)
         return x if self.norm_first else self.norm(x)
 
     def _input_padding(self, height: int, width: int) -> tuple[int, int, int, int]:
