@@ -151,6 +151,36 @@ def test_conv_plus_input_is_input_plus_conv(dtype, fast):
     assert (out - expected).abs().max() <= tolerance * expected.abs().max()
 
 
+@pytest.mark.parametrize("tokens", [49, 16, 200])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_window_attention_is_scaled_dot_product_attention(dtype, tokens):
+    torch.manual_seed(0)
+    qkv = torch.randn(6, tokens, 3, 2, 16, dtype=dtype)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # the model's strided views
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    with torch.inference_mode():
+        out = kernels.window_attention(q, k, v).float()
+    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(out, expected, atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(2, 2, 0), (3, 2, 1), (7, 4, 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_patch_conv_is_the_convolution(dtype, kernel, stride, padding):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 10, kernel_size=kernel, stride=stride, padding=padding)
+    x = torch.randn(3, 12, 16, 6).permute(0, 3, 1, 2)  # (B, H, W, C) memory seen as NCHW
+    expected = conv(x).permute(0, 2, 3, 1)
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=dtype == torch.bfloat16):
+        out = kernels.patch_conv(conv, x).float()
+    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(out, expected.detach(), atol=tolerance, rtol=tolerance)
+    with torch.no_grad():
+        conv.weight.mul_(2)  # the packed weight follows an in-place update
+    with torch.inference_mode():
+        torch.testing.assert_close(kernels.patch_conv(conv, x), conv(x).permute(0, 2, 3, 1), atol=1e-4, rtol=1e-4)
+
+
 def test_fast_kernels_switch_is_set_at_once_and_restored_by_with():
     assert {"fast_kernels", "fast_kernels_enabled"} <= set(davit.__all__)
     assert fast_kernels_enabled()
