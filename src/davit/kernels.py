@@ -100,18 +100,29 @@ def conv_plus_input(conv: nn.Conv2d, x: Tensor) -> Tensor:
 def window_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """``softmax(q kᵀ / √d) v`` over (windows, heads, tokens, head_dim) tensors.
 
-    For CPU inference on DaViT's small windows (49 tokens) two batched products and a softmax beat
-    the fused attention kernel, whose blocking is made for long sequences (benchmarks/LOG.md:
-    1.37 against 2.24 ms for stage 1 of DaViT-tiny at batch 1). Elsewhere (training, CUDA,
-    compiled or exported graphs, long windows) it is ``F.scaled_dot_product_attention``.
+    For CPU inference on small windows (up to 12x12 tokens), batched products and a softmax over
+    groups of windows whose scores fit in :data:`SCORES_BYTES` beat the fused attention kernel,
+    whose blocking is made for long sequences (benchmarks/LOG.md: 0.65-0.90x its time on DaViT-tiny
+    and Florence-2 windows, fp32 and bf16). Elsewhere (training, CUDA, compiled or exported
+    graphs, long windows) it is ``F.scaled_dot_product_attention``.
     """
-    if (_enabled and q.device.type == "cpu" and not torch.is_grad_enabled() and q.shape[-2] <= SMALL_WINDOW
+    windows, heads, tokens, head_dim = q.shape
+    if not (_enabled and q.device.type == "cpu" and not torch.is_grad_enabled() and tokens <= SMALL_WINDOW
             and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()):
-        scores = torch.matmul(q, k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)
-        return torch.matmul(scores.softmax(dim=-1), v)
-    return F.scaled_dot_product_attention(q, k, v)
+        return F.scaled_dot_product_attention(q, k, v)
+    scale = head_dim ** -0.5
+    per_group = max(1, SCORES_BYTES // (heads * tokens * tokens * q.element_size()))
+    if per_group >= windows:
+        return torch.matmul(torch.matmul(q, k.transpose(-2, -1)).mul_(scale).softmax(dim=-1), v)
+    out = q.new_empty(windows, heads, tokens, head_dim)
+    for start in range(0, windows, per_group):
+        part = slice(start, start + per_group)
+        scores = torch.matmul(q[part], k[part].transpose(-2, -1)).mul_(scale)
+        torch.matmul(scores.softmax(dim=-1), v[part], out=out[part])
+    return out
 
 
+SCORES_BYTES = 1 << 20  # attention scores computed at once: small enough to stay in cache
 SMALL_WINDOW = 144  # tokens: up to 12x12 windows take the batched products on CPU
 
 

@@ -151,9 +151,11 @@ def test_conv_plus_input_is_input_plus_conv(dtype, fast):
     assert (out - expected).abs().max() <= tolerance * expected.abs().max()
 
 
+@pytest.mark.parametrize("scores_bytes", [1 << 20, 40_000])  # one group of windows, or several
 @pytest.mark.parametrize("tokens", [49, 16, 200])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_window_attention_is_scaled_dot_product_attention(dtype, tokens):
+def test_window_attention_is_scaled_dot_product_attention(dtype, tokens, scores_bytes, monkeypatch):
+    monkeypatch.setattr(kernels, "SCORES_BYTES", scores_bytes)
     torch.manual_seed(0)
     qkv = torch.randn(6, tokens, 3, 2, 16, dtype=dtype)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # the model's strided views
