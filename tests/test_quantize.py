@@ -13,7 +13,7 @@ from davit.errors import DatasetError, ExportError, InvalidArgumentError
 from davit.model import build_model
 from davit.quantize import QuantizationReport, check_agreement, check_speed, quantize_openvino
 from davit.runtime import OpenVinoBackend, convert_to_openvino
-from tests.helpers import MINI_ARCH, randomise_
+from tests.helpers import MINI_ARCH, randomise_, tiny_classifier
 
 pytestmark = pytest.mark.slow  # int8 calibration with NNCF
 
@@ -123,3 +123,22 @@ def test_an_int8_model_slower_than_the_float_one_is_refused_or_written_with_a_wa
     assert "0.52x" in caplog.text and "written anyway" in caplog.text
     check_speed(_timed_report(60.0, 90.0))  # faster: written
     check_speed(QuantizationReport("openvino", 12, "holdout", 20, 1.0, 0.99, "bf16", None, None, 16))  # untimed
+
+
+@pytest.mark.slow
+def test_pt2e_int8_through_inductor_runs_at_any_batch_and_reports(tmp_path):
+    pytest.importorskip("torchao")
+    from davit.quantize import quantize_pt2e
+
+    model = tiny_classifier([str(i) for i in range(10)], spread=20.0)
+    torch.manual_seed(1)
+    calibration = torch.randn(8, 3, 64, 64)
+    int8, report = quantize_pt2e(model, calibration, min_agreement=0.5, batch_size=4, timing_repeats=2)
+    images = torch.randn(6, 3, 64, 64)  # one batch of 4 and a padded one of 2
+    with torch.inference_mode():
+        expected = model(images)
+    out = int8(images)
+    assert out.shape == expected.shape and torch.isfinite(out).all()
+    assert (out.argmax(1) == expected.argmax(1)).float().mean() >= 0.5
+    assert report.runtime == "torch-inductor" and report.float_precision == "bf16" and report.speedup is not None
+    assert "int8 (torch-inductor" in report.summary()

@@ -230,3 +230,78 @@ def _quieter(name: str) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+
+
+class Int8InductorModel(nn.Module):
+    """A PT2E int8 model compiled by inductor for one batch size, run at any: inputs are cut into
+    batches of that size (the last one padded by repeating its first image) and the outputs trimmed."""
+
+    def __init__(self, compiled: Callable[[Tensor], Tensor], batch_size: int, input_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.compiled, self.batch_size, self.input_size = compiled, batch_size, input_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        if tuple(x.shape[2:]) != self.input_size:
+            raise InvalidArgumentError(f"this int8 model was compiled for {self.input_size[0]}x{self.input_size[1]} "
+                                       f"images, got {tuple(x.shape[2:])}")
+        outputs = []
+        for chunk in x.float().split(self.batch_size):
+            count = len(chunk)
+            if count < self.batch_size:
+                chunk = torch.cat([chunk, chunk[:1].expand(self.batch_size - count, *chunk.shape[1:])])
+            with torch.no_grad():
+                outputs.append(self.compiled(chunk)[:count])
+        return torch.cat(outputs)
+
+
+def quantize_pt2e(model: nn.Module, calibration: Tensor | Iterable[Tensor],
+                  holdout: Tensor | Iterable[Tensor] | None = None, min_agreement: float = 0.99,
+                  batch_size: int = TIMING_BATCH,
+                  timing_repeats: int = 5) -> tuple[Int8InductorModel, QuantizationReport]:
+    """``model`` quantised to int8 in PyTorch: exported (``torch.export``), quantised by torchao's
+    PT2E flow with ``X86InductorQuantizer`` (static, per-channel symmetric weights, asymmetric
+    activations) on ``calibration``, then compiled by inductor with weight freezing, which lowers
+    the products to oneDNN's int8 kernels (VNNI / AMX where the CPU has them). Timed at
+    ``batch_size`` against the float model's bfloat16 eager path (this library's fastest float
+    path on CPU); the agreement with fp32 is measured on ``holdout`` (else the calibration images)
+    and refused under ``min_agreement`` as :func:`quantize_openvino` does.
+    """
+    try:
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    except ImportError:
+        raise InvalidArgumentError("PT2E int8 needs torchao: pip install 'davit-toolkit[int8]'") from None
+    import torch._inductor.config as inductor_config
+
+    model = model.eval().float().cpu()
+    batches = _nonempty(calibration_batches(calibration), "calibration")
+    compared = _nonempty(calibration_batches(holdout), "holdout") if holdout is not None else batches
+    input_size = (int(batches[0].shape[2]), int(batches[0].shape[3]))
+    example = _timing_batch(batches)[:1].expand(batch_size, -1, -1, -1).contiguous()
+    quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
+    with torch.no_grad():
+        prepared = prepare_pt2e(torch.export.export(model, (example,)).module(), quantizer)
+        for batch in batches:
+            for chunk in batch.split(batch_size):
+                prepared(chunk)
+        converted = convert_pt2e(prepared)
+        compiled = torch.compile(converted, dynamic=False)
+        with inductor_config.patch(freezing=True):
+            compiled(example)  # compiled here, with the weights frozen and prepacked
+    int8 = Int8InductorModel(compiled, batch_size, input_size)
+    agreement = top1_agreement(model, int8, compared)
+    speeds: tuple[float | None, float | None] = (None, None)
+    if timing_repeats:
+        timing = _timing_batch(compared).repeat(-(-batch_size // TIMING_BATCH), 1, 1, 1)[:batch_size]
+
+        def bf16_step() -> None:
+            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+                model(timing)
+
+        seconds = time_in_blocks({"float": bf16_step, "int8": lambda: int8(timing)}, timing_repeats, warmup=1,
+                                 block=timing_repeats)
+        speeds = (len(timing) / statistics.median(seconds["float"]), len(timing) / statistics.median(seconds["int8"]))
+    report = QuantizationReport("torch-inductor", _count(batches), "holdout" if holdout is not None else "calibration",
+                                _count(compared), agreement, min_agreement, "bf16", *speeds, batch_size)
+    check_agreement(report)
+    return int8, report
