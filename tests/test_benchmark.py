@@ -222,3 +222,15 @@ def test_an_empty_calibration_folder_is_a_clear_error(tmp_path, capsys):
     assert run_subcommand("benchmark", [*FAST, "--no-timm", "--backend", "openvino", "--int8",
                                         "--calibration", str(tmp_path)]) == 1
     assert "holds no readable images" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_int8_on_torch_is_timed_beside_the_float_model(tmp_path, capsys):
+    pytest.importorskip("torchao")
+    out = tmp_path / "bench.json"
+    assert run_subcommand("benchmark", [*FAST, "--no-timm", "--int8", "--calibration-images", "4",
+                                        "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["results"]["torch-int8"]["images_per_second"]["median"] > 0
+    assert report["config"]["runtimes"]["torch-int8"]["precision"].startswith("int8")
+    assert "| torch-int8 |" in capsys.readouterr().out

@@ -89,12 +89,12 @@ class Backend(Protocol):
 class TorchBackend:
     """The PyTorch model itself (eager, with this library's fast CPU kernels)."""
 
-    def __init__(self, model: nn.Module, dtype: str, threads: int | None) -> None:
+    def __init__(self, model: nn.Module, dtype: str, threads: int | None, name: str | None = None) -> None:
         if threads:
             torch.set_num_threads(threads)
         self.model = model
         self.amp = autocast_dtype(dtype, torch.device("cpu"))
-        self.name = "torch" if dtype == "fp32" else f"torch-{dtype}"
+        self.name = name or ("torch" if dtype == "fp32" else f"torch-{dtype}")
 
     def __call__(self, images: Tensor) -> Tensor:
         with torch.inference_mode(), torch.autocast("cpu", dtype=self.amp, enabled=self.amp is not None):

@@ -53,7 +53,8 @@ from ..errors import DeviceError, InvalidArgumentError
 from ..exported import open_backend, open_float_and_int8
 from ..flops import count_flops
 from ..model import build_model, is_florence2
-from ..runtime import BACKENDS, Backend, dtype_refusal
+from ..quantize import quantize_pt2e
+from ..runtime import BACKENDS, Backend, TorchBackend, dtype_refusal
 from ..timing import CEILING_SIZE, matmul_step, peak_memory, time_alternately, time_in_blocks
 from .references import timm_reference, transformers_reference
 from .report import format_report, runtime_settings
@@ -141,9 +142,8 @@ class BenchmarkOptions:
         runtimes = self.runtimes
         if self.calibration is not None and not self.int8:
             raise InvalidArgumentError("calibration images are for --int8; add --int8 or leave out --calibration")
-        if self.int8 and not runtimes:
-            raise InvalidArgumentError("int8 models run on onnxruntime or openvino: add --backend openvino "
-                                       "(or onnxruntime)")
+        if self.int8 and not runtimes and self.mode != "inference":
+            raise InvalidArgumentError("int8 models are timed for inference; drop --mode train")
         if not runtimes:
             return
         if self.mode != "inference" or self.dtype == "pure-bf16":
@@ -255,10 +255,12 @@ def reference_models(ref: ModelRef, options: BenchmarkOptions, ours: nn.Module) 
 
 def open_runtimes(model: nn.Module, options: BenchmarkOptions) -> dict[str, Backend]:
     """``model`` on each runtime of ``options`` (and, with ``int8``, its int8 model there), by name."""
-    if not options.runtimes:
-        return {}
     calibration = calibration_images(options) if options.int8 else None
     runtimes: dict[str, Backend] = {}
+    if calibration is not None and "torch" in options.backends:
+        int8, _ = quantize_pt2e(model, calibration, min_agreement=0.0, batch_size=options.batch_size,
+                                timing_repeats=0)
+        runtimes["torch-int8"] = TorchBackend(int8, "fp32", options.threads, name="torch-int8")
     for name in tqdm(options.runtimes, desc="converting for the runtimes", unit="runtime", file=sys.stderr):
         settings: dict[str, Any] = {"dtype": options.dtype, "input_size": options.input_size,
                                     "threads": options.threads}

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from ..runtime import Backend
+import torch
+
+from ..runtime import Backend, TorchBackend
 from ..timing import CEILING_SIZE
 
 
@@ -14,6 +16,8 @@ def runtime_settings(backend: Backend) -> dict[str, Any]:
         settings = session.get_session_options()
         return {"intra_op_threads": settings.intra_op_num_threads,
                 "spinning": settings.get_session_config_entry("session.intra_op.allow_spinning") != "0"}
+    if isinstance(backend, TorchBackend):  # PyTorch (the int8 model compiled by inductor)
+        return {"threads": torch.get_num_threads(), "precision": "int8 (torchao PT2E, inductor)"}
     compiled = cast(Any, backend).compiled
     return {"threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
             "precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),

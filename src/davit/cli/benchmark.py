@@ -60,7 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                              "repeat or separate with commas (default: torch; the references run with "
                              "torch)")
     parser.add_argument("--int8", action="store_true",
-                        help="also time each runtime's int8 model (onnxruntime, openvino), quantised "
+                        help="also time the int8 model of each backend (torch: torchao PT2E compiled by "
+                             "inductor; onnxruntime, openvino), quantised "
                              "after training on the calibration images")
     parser.add_argument("--calibration", metavar="FOLDER",
                         help="with --int8: calibrate on these images, resized to --input-size "
