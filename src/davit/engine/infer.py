@@ -111,8 +111,7 @@ def infer(options: InferenceOptions, sink: ResultSink | None = None) -> Inferenc
     amp = autocast_dtype(options.dtype, device) if on_torch else None  # a runtime's own
     distributed.init_distributed(device)
     output, done = open_output(options, sink)
-    done_real = {os.path.realpath(path) for path in done}  # the same file, however it is spelled
-    pending = [path for path in paths if os.path.realpath(str(path)) not in done_real]
+    pending = not_done(paths, done)
     summary = InferenceSummary(total=len(paths), skipped=len(paths) - len(pending), not_images=not_images)
     try:
         if pending:
@@ -125,6 +124,13 @@ def infer(options: InferenceOptions, sink: ResultSink | None = None) -> Inferenc
         if output is not None:
             output.close()
     return summary
+
+
+def not_done(paths: Sequence[Path | StoredImage], done: set[str]) -> list[Path | StoredImage]:
+    """The inputs an earlier run's output (``done``: its image names) does not hold; a file
+    counts as done however its path is spelled."""
+    done_real = {os.path.realpath(name) for name in done}
+    return [path for path in paths if os.path.realpath(str(path)) not in done_real]
 
 
 def _check(options: InferenceOptions) -> None:

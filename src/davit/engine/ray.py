@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from ..errors import DavitError, InvalidArgumentError
 from ..records import error_record, prediction_record
 from .embed import Embeddings, EmbedOptions, check_output, embedding_function, save_embeddings
 from .embed_shards import is_folder_output
-from .infer import DEFAULT_MODEL, InferenceOptions, InferenceSummary, check_writer, find_images, open_output
+from .infer import DEFAULT_MODEL, InferenceOptions, InferenceSummary, check_writer, find_images, not_done, open_output
 from .predict import class_probabilities
 from .results import ResultSink
 
@@ -155,8 +154,7 @@ def predict_on_ray(options: InferenceOptions, sink: ResultSink | None, seed: int
     paths = find_images(options.inputs).paths
     model_name, weights = model_and_weights(options.model, options.checkpoint, options.random_weights, DEFAULT_MODEL)
     output, done = open_output(options, sink)
-    done_real = {os.path.realpath(path) for path in done}
-    pending = [path for path in paths if os.path.realpath(str(path)) not in done_real]
+    pending = not_done(paths, done)
     summary = InferenceSummary(total=len(paths), skipped=len(paths) - len(pending))
     try:
         if pending:
