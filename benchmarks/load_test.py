@@ -16,7 +16,12 @@ What it does, in one script:
    figure, the p50/p99 latency, the server's mean batch size and the images/s of its model runs
    alone (from /metrics; the gap to the served figure is decoding, preprocessing and HTTP);
 6. reports the server process's peak memory (VmHWM) after the load next to the peak of a fresh
-   process that loads the same folder and classifies one batch of the same size offline.
+   process that loads the same folder and classifies one batch of the same size offline;
+7. with ``--latency-pairs N`` (one client's latency, the server's own case at batch 1), sends N
+   requests one at a time, each followed by the same photo's forward pass in this process
+   (preprocessed, same weights), and reports the median latency over the median offline forward:
+   the two are measured side by side, so the machine's drift (on a shared 2-core machine, 20% over
+   minutes) does not enter the ratio as it does in the before/after figures.
 
 Exit status 1 when a request failed or an answer differed. The server decodes and preprocesses
 each photo on the same cores as the model, which the offline figure does not include.
@@ -46,6 +51,7 @@ from davit import get_model, inference_model
 from davit.benchmark import BenchmarkOptions
 from davit.benchmark import run as run_benchmark
 from davit.checkpoint.pretrained import save_pretrained
+from davit.data.transforms import preprocess
 from davit.model import DaViTClassifier
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,6 +68,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="server --max-wait-ms (default: 5)")
     parser.add_argument("--images", nargs="+", default=sorted(glob.glob(str(REPO / "demo" / "*.jpg"))),
                         help="photos to send (default: demo/*.jpg)")
+    parser.add_argument("--latency-pairs", type=int, default=0,
+                        help="after the load, this many (request, offline forward) pairs, one at a time")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
     return parser.parse_args()
 
@@ -175,6 +183,27 @@ async def load(url: str, photos: list[tuple[str, bytes, dict]], clients: int, du
     return {"latencies": latencies, "failures": failures, "mismatches": mismatches, "seconds": elapsed}
 
 
+def latency_pairs(url: str, model: torch.nn.Module, photo: tuple[str, bytes, dict], path: str,
+                  pairs: int) -> dict[str, float]:
+    """Median latency of one request at a time, against the median forward pass of the same
+    preprocessed photo in this process, alternating (see the module's step 7)."""
+    name, data, _ = photo
+    images = preprocess([path])
+    latencies, forwards = [], []
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for _ in range(pairs):
+            started = time.perf_counter()
+            http.post("/v1/predict", files=[("images", (name, data, "image/jpeg"))]).raise_for_status()
+            latencies.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            with torch.inference_mode():
+                model(images)
+            forwards.append(time.perf_counter() - started)
+    latency, forward = statistics.median(latencies), statistics.median(forwards)
+    return {"pairs": pairs, "p50_latency_ms": round(1000 * latency, 1), "offline_forward_ms": round(1000 * forward, 1),
+            "latency_over_offline": round(latency / forward, 3)}
+
+
 def batch_totals(url: str) -> dict[str, float]:
     """The server's model runs so far, the images they took and the seconds they ran (/metrics)."""
     metrics = httpx.get(f"{url}/metrics").text
@@ -209,6 +238,8 @@ def main() -> int:
             before = batch_totals(url)
             outcome = asyncio.run(load(url, photos, args.clients, args.duration, args.max_requests))
             during = {key: value - before[key] for key, value in batch_totals(url).items()}
+            paired = latency_pairs(url, model.eval(), photos[0], args.images[0], args.latency_pairs) \
+                if args.latency_pairs > 0 else None
             server_peak = peak_memory_mib(server.pid)
             offline_peak = offline_peak_memory_mib(folder, args.batch_size)
         finally:
@@ -230,6 +261,7 @@ def main() -> int:
         "mean_batch_size": round(during["images"] / max(during["runs"], 1), 2),
         # the model alone inside the server (its batches' run time), to tell contention from overhead
         "server_model_images_per_s": round(during["images"] / during["seconds"], 2) if during["seconds"] else None,
+        "one_at_a_time": paired,
         "peak_memory_mib": {"server": round(server_peak, 1) if server_peak else None,
                             "offline_one_batch": round(offline_peak, 1) if offline_peak else None,
                             "server_over_offline": round(server_peak / offline_peak, 2)
