@@ -6,8 +6,10 @@ import sys
 
 import pytest
 
+from davit import benchmark
 from davit.benchmark import BenchmarkOptions, run
 from davit.cli.app import run_subcommand
+from davit.dtypes import cpu_has_bf16
 from davit.errors import InvalidArgumentError
 
 TINY = '{"embed_dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8]}'
@@ -32,8 +34,14 @@ def test_inference_table_and_json(tmp_path, capsys):
         assert "| timm |" in table and report["speedup_vs_timm"] > 0
 
 
-def test_train_step_in_bfloat16(tmp_path, capsys):
+def test_train_step_in_bfloat16(tmp_path, capsys, monkeypatch):
     out = tmp_path / "bench.json"
+    monkeypatch.setattr(benchmark, "cpu_has_bf16", lambda: False)  # a CPU that emulates bf16 is refused
+    assert run_subcommand("benchmark", [*FAST, "--dtype", "bf16", "--no-timm"]) == 1
+    assert "this CPU has no bfloat16 matrix support; use --dtype fp32" in capsys.readouterr().err
+    monkeypatch.undo()
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no native bfloat16")
     assert run_subcommand("benchmark", [*FAST, "--mode", "train", "--dtype", "bf16", "--no-timm",
                  "--json", str(out)]) == 0
     report = json.loads(out.read_text())
@@ -235,3 +243,30 @@ def test_int8_on_torch_is_timed_beside_the_float_model(tmp_path, capsys):
     assert report["results"]["torch-int8"]["images_per_second"]["median"] > 0
     assert report["config"]["runtimes"]["torch-int8"]["precision"].startswith("int8")
     assert "| torch-int8 |" in capsys.readouterr().out
+
+
+def _timed(images_per_second: float) -> dict:
+    return {"images_per_second": {"median": images_per_second, "min": images_per_second, "max": images_per_second},
+            "peak_memory_bytes": None, "gflops": 1.0, "share_of_ceiling": 0.1}
+
+
+@pytest.mark.parametrize(("int8_instructions", "torch_int8", "expected"), [
+    (None, 8.0, "torch-int8: 0.80x davit: int8 is not faster on this machine (this CPU has no VNNI or AMX int8 "
+                "dot-product instructions); use the float model"),
+    ("AVX512-VNNI", 8.0, "torch-int8: 0.80x davit: int8 is not faster on this machine; use the float model"),
+    ("AMX-INT8", 13.0, "torch-int8: 1.30x davit: int8 pays on this machine"),
+])
+def test_the_report_says_whether_int8_pays_on_this_cpu(int8_instructions, torch_int8, expected):
+    from davit.benchmark.report import format_report
+
+    config = {"model": "tiny", "batch_size": 16, "input_size": [224, 224], "dtype": "fp32", "mode": "inference",
+              "compile": False, "threads": 2, "device": "cpu", "repeats": 3, "warmup": 1,
+              "cpu": {"capability": "AVX2", "bf16": False, "int8_instructions": int8_instructions}}
+    report = {"config": config, "flops_per_image": 9e9, "ceiling_gflops": 100.0, "baseline": "davit",
+              "results": {"davit": _timed(10.0), "torch-int8": _timed(torch_int8),
+                          "openvino": _timed(12.0), "openvino-int8": _timed(15.0)},
+              "speedups": {}}
+    table = format_report(report)
+    assert expected in table.splitlines()
+    assert "openvino-int8: 1.25x openvino: int8 pays on this machine" in table
+    assert "int8 dot products " + (int8_instructions or "none (no VNNI or AMX)") in table

@@ -9,6 +9,7 @@ from davit import quantize
 from davit.checkpoint.resolve import resolve_model
 from davit.data.calibration import folder_images
 from davit.data.transforms import build_test_transform
+from davit.dtypes import cpu_has_bf16, cpu_int8_instructions
 from davit.errors import DatasetError, ExportError, InvalidArgumentError
 from davit.model import build_model
 from davit.quantize import QuantizationReport, check_agreement, check_speed, quantize_openvino
@@ -140,5 +141,31 @@ def test_pt2e_int8_through_inductor_runs_at_any_batch_and_reports(tmp_path):
     out = int8(images)
     assert out.shape == expected.shape and torch.isfinite(out).all()
     assert (out.argmax(1) == expected.argmax(1)).float().mean() >= 0.5
-    assert report.runtime == "torch-inductor" and report.float_precision == "bf16" and report.speedup is not None
+    # timed against the fastest float path of this CPU: bf16 autocast where it is native, else fp32
+    assert report.runtime == "torch-inductor" and report.speedup is not None
+    assert report.float_precision == ("bf16" if cpu_has_bf16() else "fp32")
+    assert report.int8_instructions == cpu_int8_instructions()
     assert "int8 (torch-inductor" in report.summary()
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ("fpu avx2 avx512f avx512_vnni amx_bf16 amx_int8 amx_tile", "AMX-INT8"),
+    ("fpu avx2 avx512f avx512_vnni avx512_bf16", "AVX512-VNNI"),
+    ("fpu avx2 avx_vnni", "AVX-VNNI"),
+    ("fpu fma avx avx2", None),
+])
+def test_int8_dot_product_instructions_are_read_from_the_cpu_flags(flags, expected):
+    cpuinfo = f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n"
+    assert cpu_int8_instructions(cpuinfo) == expected
+
+
+def test_a_slower_int8_model_on_a_cpu_without_int8_instructions_says_why():
+    without = QuantizationReport("torch-inductor", 8, "holdout", 20, 1.0, 0.99, "fp32", 10.0, 6.0, 16, None)
+    assert "not faster on this machine (this CPU has no VNNI or AMX int8 dot-product instructions)" in \
+        without.summary()
+    with pytest.raises(ExportError, match="no VNNI or AMX int8"):
+        check_speed(without)
+    with_vnni = QuantizationReport("torch-inductor", 8, "holdout", 20, 1.0, 0.99, "bf16", 10.0, 6.0, 16, "AVX512-VNNI")
+    assert "not faster on this machine" in with_vnni.summary() and "VNNI or AMX" not in with_vnni.summary()
+    faster = QuantizationReport("torch-inductor", 8, "holdout", 20, 1.0, 0.99, "bf16", 10.0, 13.0, 16, "AMX-INT8")
+    assert "1.30x" in faster.summary() and "not faster" not in faster.summary()

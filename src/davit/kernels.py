@@ -192,33 +192,36 @@ def _use_onednn(x: Tensor, *layers: nn.Linear | nn.Conv2d) -> bool:
             or _has_hooks(*layers)):
         return False
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-    return dtype in (torch.float32, torch.bfloat16) and all(
-        layer.weight.dtype in (torch.float32, torch.bfloat16) for layer in layers)
+    return dtype in _ONEDNN_DTYPES and all(layer.weight.dtype in _ONEDNN_DTYPES for layer in layers)
 
 
-def probe_onednn_linear() -> bool:
-    """Whether this PyTorch build has oneDNN's packed, fused linear kernels and they agree with
-    ``gelu(F.linear(...))`` on a small example (some builds or CPUs lack them)."""
+def probe_onednn_linear(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether this PyTorch build has oneDNN's packed, fused linear kernels in ``dtype`` on this CPU
+    and they agree with ``gelu(F.linear(...))`` on a small example (some builds lack them; bfloat16
+    needs AVX512-BF16, AVX-NE-CONVERT or AMX, and oneDNN refuses it elsewhere)."""
     if not (torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_linear_pointwise")
             and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
         return False
-    x = torch.linspace(-2, 2, 24).view(4, 6)
-    weight, bias = torch.linspace(-0.5, 0.5, 18).view(3, 6), torch.tensor([0.1, -0.2, 0.3])
+    x = torch.linspace(-2, 2, 24).view(4, 6).to(dtype)
+    weight, bias = torch.linspace(-0.5, 0.5, 18).view(3, 6).to(dtype), torch.tensor([0.1, -0.2, 0.3]).to(dtype)
     try:
         packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
         out = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "gelu", [], "none")
     except RuntimeError:
         return False
-    return torch.allclose(out, F.gelu(F.linear(x, weight, bias)), atol=1e-5)
+    expected = F.gelu(F.linear(x.float(), weight.float(), bias.float()))
+    return torch.allclose(out.float(), expected, atol=1e-5 if dtype == torch.float32 else 2e-2)
 
 
-_HAS_ONEDNN_LINEAR = probe_onednn_linear()
+# the dtypes oneDNN's linear kernels compute here (bfloat16 only on CPUs that have it natively)
+_ONEDNN_DTYPES = frozenset(dtype for dtype in (torch.float32, torch.bfloat16) if probe_onednn_linear(dtype))
+_HAS_ONEDNN_LINEAR = torch.float32 in _ONEDNN_DTYPES
 
 
-def has_onednn_linear() -> bool:
-    """Whether the oneDNN linear kernels passed :func:`probe_onednn_linear` at import."""
-    return _HAS_ONEDNN_LINEAR
+def has_onednn_linear(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether the oneDNN linear kernels in ``dtype`` passed :func:`probe_onednn_linear` at import."""
+    return dtype in _ONEDNN_DTYPES
 
 
 def _onednn_linear(x: Tensor, layer: nn.Linear, activation: str = "none") -> Tensor:
@@ -335,6 +338,6 @@ def _autocast_inputs(*tensors: Tensor) -> tuple[Tensor, ...]:
 def _product(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)``, as a oneDNN kernel on CPU where one is available."""
     if (x.device.type == "cpu" and _HAS_ONEDNN_LINEAR and torch.backends.mkldnn.enabled
-            and not torch.compiler.is_compiling() and x.dtype in (torch.float32, torch.bfloat16)):
+            and not torch.compiler.is_compiling() and x.dtype in _ONEDNN_DTYPES and weight.dtype in _ONEDNN_DTYPES):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "none")
     return F.linear(x, weight, bias)

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from .data.calibration import calibration_batches
+from .dtypes import cpu_int8_instructions, fastest_cpu_float
 from .errors import DatasetError, ExportError, InvalidArgumentError, require
 from .runtime import OpenVinoBackend, convert_to_openvino
 from .timing import time_in_blocks
@@ -58,6 +59,12 @@ class QuantizationReport:
     float_images_per_second: float | None  # the float model on the same runtime; None: not timed
     int8_images_per_second: float | None
     timing_batch: int
+    int8_instructions: str | None = None  # this CPU's int8 dot products (AMX-INT8, AVX512-VNNI, AVX-VNNI); None: none
+
+    @property
+    def why_slower(self) -> str:
+        """Why int8 can be expected not to pay on this CPU, or an empty string."""
+        return "" if self.int8_instructions else " (this CPU has no VNNI or AMX int8 dot-product instructions)"
 
     @property
     def speedup(self) -> float | None:
@@ -77,6 +84,8 @@ class QuantizationReport:
             line += (f"; {self.int8_images_per_second:.1f} images/s against the float model's "
                      f"{self.float_images_per_second:.1f} ({self.float_precision}) at batch "
                      f"{self.timing_batch}: {self.speedup:.2f}x")
+            if self.speedup < 1:
+                line += f", not faster on this machine{self.why_slower}"
         return line
 
 
@@ -116,7 +125,7 @@ def quantize_openvino(model: nn.Module, calibration: Tensor | Iterable[Tensor],
         speeds = (len(timing) / statistics.median(seconds["float"]), len(timing) / statistics.median(seconds["int8"]))
     report = QuantizationReport("openvino", _count(batches), "holdout" if holdout is not None else "calibration",
                                 _count(compared), agreement, min_agreement, int8_backend.precision, *speeds,
-                                TIMING_BATCH)
+                                TIMING_BATCH, cpu_int8_instructions())
     check_agreement(report)
     return int8, report
 
@@ -140,7 +149,8 @@ def check_speed(report: QuantizationReport, allow_slower: bool = False) -> None:
         return
     message = (f"the int8 model runs at {speedup:.2f}x the float model's speed on this machine "
                f"({report.int8_images_per_second:.1f} against {report.float_images_per_second:.1f} "
-               f"images/s, {report.runtime} {report.float_precision}, batch {report.timing_batch})")
+               f"images/s, {report.runtime} {report.float_precision}, batch {report.timing_batch})"
+               f"{report.why_slower}")
     if not allow_slower:
         raise ExportError(f"{message}: int8 does not pay here; export the float model instead, or "
                           "pass --allow-slower-int8 to write it anyway")
@@ -262,8 +272,8 @@ def quantize_pt2e(model: nn.Module, calibration: Tensor | Iterable[Tensor],
     PT2E flow with ``X86InductorQuantizer`` (static, per-channel symmetric weights, asymmetric
     activations) on ``calibration``, then compiled by inductor with weight freezing, which lowers
     the products to oneDNN's int8 kernels (VNNI / AMX where the CPU has them). Timed at
-    ``batch_size`` against the float model's bfloat16 eager path (this library's fastest float
-    path on CPU); the agreement with fp32 is measured on ``holdout`` (else the calibration images)
+    ``batch_size`` against the float model's fastest eager path on this CPU (bf16 autocast where the
+    CPU has native bf16, else fp32); the agreement with fp32 is measured on ``holdout`` (else the calibration images)
     and refused under ``min_agreement`` as :func:`quantize_openvino` does.
     """
     try:
@@ -291,17 +301,19 @@ def quantize_pt2e(model: nn.Module, calibration: Tensor | Iterable[Tensor],
     int8 = Int8InductorModel(compiled, batch_size, input_size)
     agreement = top1_agreement(model, int8, compared)
     speeds: tuple[float | None, float | None] = (None, None)
+    float_precision = fastest_cpu_float()
     if timing_repeats:
         timing = _timing_batch(compared).repeat(-(-batch_size // TIMING_BATCH), 1, 1, 1)[:batch_size]
 
-        def bf16_step() -> None:
-            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+        def float_step() -> None:
+            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=float_precision == "bf16"):
                 model(timing)
 
-        seconds = time_in_blocks({"float": bf16_step, "int8": lambda: int8(timing)}, timing_repeats, warmup=1,
+        seconds = time_in_blocks({"float": float_step, "int8": lambda: int8(timing)}, timing_repeats, warmup=1,
                                  block=timing_repeats)
         speeds = (len(timing) / statistics.median(seconds["float"]), len(timing) / statistics.median(seconds["int8"]))
     report = QuantizationReport("torch-inductor", _count(batches), "holdout" if holdout is not None else "calibration",
-                                _count(compared), agreement, min_agreement, "bf16", *speeds, batch_size)
+                                _count(compared), agreement, min_agreement, float_precision, *speeds, batch_size,
+                                cpu_int8_instructions())
     check_agreement(report)
     return int8, report

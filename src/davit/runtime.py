@@ -21,6 +21,7 @@ The spatial size is fixed at ``input_size`` for the exported runtimes; the batch
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from torch import Tensor, nn
 
 from .dtypes import autocast_dtype
 from .errors import require
+
+logger = logging.getLogger("davit")
 
 OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 
@@ -152,6 +155,9 @@ class OpenVinoBackend:
         self.request = self.compiled.create_infer_request()
         self.lock = threading.Lock()  # one infer request: calls from several threads take turns
         self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        if dtype == "bf16" and self.precision != "bf16":
+            logger.warning("OpenVINO computes in %s on this CPU, which has no native bfloat16: bf16 was asked for",
+                           self.precision)
         self.name = "openvino" + ("-int8" if int8 else "" if self.precision == "f32" else f"-{self.precision}")
 
     def __call__(self, images: Tensor) -> Tensor:

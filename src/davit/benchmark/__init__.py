@@ -49,6 +49,7 @@ from tqdm import tqdm
 from ..checkpoint.resolve import ModelRef, resolve_device, resolve_model
 from ..data.calibration import folder_images
 from ..data.transforms import build_test_transform
+from ..dtypes import cpu_has_bf16, cpu_int8_instructions
 from ..errors import DeviceError, InvalidArgumentError
 from ..exported import open_backend, open_float_and_int8
 from ..flops import count_flops
@@ -167,7 +168,7 @@ def run(options: BenchmarkOptions) -> dict:
         torch.set_num_threads(options.threads)
     default_device = "cuda" if torch.cuda.is_available() and not options.runtimes else "cpu"
     device = resolve_device(options.device or default_device)
-    if options.dtype != "fp32" and device.type == "cpu" and not _cpu_supports_bf16():
+    if options.dtype != "fp32" and device.type == "cpu" and not cpu_has_bf16():
         raise DeviceError("this CPU has no bfloat16 matrix support; use --dtype fp32")
     ref = resolve_model(options.model)
     torch.manual_seed(options.seed)
@@ -210,6 +211,9 @@ def _report(options: BenchmarkOptions, ref: ModelRef, device: torch.device, num_
               "warmup": options.warmup, "device": str(device), "torch": torch.__version__,
               "timm": _version("timm"), "transformers": _version("transformers"),
               "backends": list(options.backends), "int8": options.int8}
+    if device.type == "cpu":
+        config["cpu"] = {"capability": torch.backends.cpu.get_cpu_capability(), "bf16": cpu_has_bf16(),
+                         "int8_instructions": cpu_int8_instructions()}
     if runtimes:
         config |= {"block": options.block, "runtimes": {name: runtime_settings(backend)
                                                         for name, backend in runtimes.items()},
@@ -332,10 +336,6 @@ def make_step(model: nn.Module, images: Tensor, labels: Tensor, mode: str, autoc
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return train_step
-
-
-def _cpu_supports_bf16() -> bool:
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def _version(package: str) -> str | None:

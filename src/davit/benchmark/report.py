@@ -35,6 +35,7 @@ def format_report(report: dict) -> str:
         f"model FLOPs {report['flops_per_image'] / 1e9:.2f} GFLOP per image; matmul ceiling "
         f"{report['ceiling_gflops']:.0f} GFLOP/s ({CEILING_SIZE}^3, "
         f"{'fp32' if c['dtype'] == 'fp32' else 'bf16'})",
+        *_cpu_lines(c),
         *_runtime_lines(c),
         "",
         "| model | images/s (median) | min - max | peak memory | GFLOP/s | share of ceiling |",
@@ -53,7 +54,44 @@ def format_report(report: dict) -> str:
                      f"{ratio['best']:.2f}x (best step)")
     if not report.get("speedups"):
         lines.append("--no-timm: no reference timing")
+    lines += int8_verdicts(report)
     return "\n".join(lines)
+
+
+def _cpu_lines(config: dict) -> list[str]:
+    cpu = config.get("cpu")
+    if not cpu:
+        return []
+    return [f"CPU: {cpu['capability']} kernels, native bf16 {'yes' if cpu['bf16'] else 'no'}, int8 dot products "
+            f"{cpu['int8_instructions'] or 'none (no VNNI or AMX)'}"]
+
+
+def int8_verdicts(report: dict) -> list[str]:
+    """For each int8 model timed, whether it is faster than the same runtime's float model here;
+    where it is not, and the CPU has no int8 dot-product instructions, it says that this is why."""
+    results = report["results"]
+    baseline = report.get("baseline", "davit")
+    float_names = [name for name in results if not name.endswith("-int8")]
+    lines = []
+    for name in results:
+        if not name.endswith("-int8"):
+            continue
+        runtime = name.removesuffix("-int8")
+        counterpart = baseline if runtime == "torch" else next(
+            (other for other in float_names if other == runtime or other.startswith(runtime + "-")), None)
+        if counterpart is None:
+            continue
+        ratio = results[name]["images_per_second"]["median"] / results[counterpart]["images_per_second"]["median"]
+        if ratio > 1:
+            lines.append(f"{name}: {ratio:.2f}x {counterpart}: int8 pays on this machine")
+            continue
+        why = ""
+        cpu = report["config"].get("cpu")
+        if cpu and not cpu["int8_instructions"]:
+            why = " (this CPU has no VNNI or AMX int8 dot-product instructions)"
+        lines.append(f"{name}: {ratio:.2f}x {counterpart}: int8 is not faster on this machine{why}; "
+                     "use the float model")
+    return lines
 
 
 def _runtime_lines(config: dict) -> list[str]:
