@@ -19,7 +19,7 @@ take raw pixels and are for deployments without this library; they are refused h
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,14 @@ from .errors import InvalidArgumentError, require
 from .export import export_onnx, read_card, read_signature
 from .export.exported_program import load_exported_program
 from .export.openvino import INT8_KEY, read_openvino_model
-from .quantize import quantize_onnx_file, quantize_openvino_model
+from .quantize import (
+    QuantizationReport,
+    check_speed,
+    quantize_onnx_file,
+    quantize_openvino,
+    quantize_openvino_model,
+    quantize_pt2e,
+)
 from .runtime import (
     BACKENDS,
     CAPABILITIES,
@@ -218,6 +225,40 @@ def open_backend(model: nn.Module, backend: str = "torch", *, dtype: str = "fp32
         if int8:
             return _int8_backend(converted, backend, dtype, threads, calibration_batches(calibration))
         return _float_backend(converted, backend, dtype, threads)
+
+
+CHECKED_INT8_BACKENDS = ("torch", "openvino")  # the runtimes whose int8 model comes with a timed report
+
+
+def open_checked_int8(model: nn.Module, backend: str, calibration: Tensor | Iterable[Tensor],
+                      holdout: Tensor | Iterable[Tensor] | None = None, *, min_agreement: float = 0.99,
+                      allow_slower: bool = False, dtype: str = "fp32", threads: int | None = None,
+                      batch_size: int = 16, smaller_batches: Sequence[int] = ()) -> tuple[Backend, QuantizationReport]:
+    """``model`` quantised to int8 on ``backend`` and opened there, only where int8 is worth it:
+    its top-1 agrees with fp32's on ``holdout`` (else the calibration images) at ``min_agreement``
+    or more, and it is faster than the float model on this machine (:func:`davit.quantize.check_speed`;
+    ``allow_slower`` only warns). What ``davit predict --int8`` and ``davit serve --int8`` run.
+
+    ``torch``: torchao's PT2E quantisation compiled by inductor for ``batch_size`` (and each of
+    ``smaller_batches``), timed against this library's fastest float path on this CPU;
+    ``openvino``: NNCF, timed against OpenVINO's float model at batch 16, ``dtype`` being the
+    precision of its float layers. Raises :class:`~davit.errors.ExportError` when int8 is refused.
+    """
+    if backend not in CHECKED_INT8_BACKENDS:
+        raise InvalidArgumentError(f"int8 runs on the torch backend (torchao PT2E) or openvino (NNCF), not "
+                                   f"{backend}; use --backend torch or openvino")
+    _check(backend, dtype, threads, backend != "torch", calibration)  # torch's int8 is PT2E's, not a runtime's
+    model = model.eval().float().cpu()
+    runner: Backend
+    if backend == "torch":
+        int8, report = quantize_pt2e(model, calibration, holdout, min_agreement, batch_size=batch_size,
+                                     smaller_batches=smaller_batches)
+        runner = TorchBackend(int8, "fp32", threads, name="torch-int8")
+    else:
+        ov_model, report = quantize_openvino(model, calibration, holdout, min_agreement, threads=threads)
+        runner = OpenVinoBackend(ov_model, dtype, threads, int8=True)
+    check_speed(report, allow_slower)
+    return runner, report
 
 
 def open_float_and_int8(model: nn.Module, backend: str, *, dtype: str = "fp32",

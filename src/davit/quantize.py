@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import statistics
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -152,9 +152,9 @@ def check_speed(report: QuantizationReport, allow_slower: bool = False) -> None:
                f"images/s, {report.runtime} {report.float_precision}, batch {report.timing_batch})"
                f"{report.why_slower}")
     if not allow_slower:
-        raise ExportError(f"{message}: int8 does not pay here; export the float model instead, or "
-                          "pass --allow-slower-int8 to write it anyway")
-    logger.warning("%s; written anyway (--allow-slower-int8)", message)
+        raise ExportError(f"{message}: int8 does not pay here; use the float model (leave out --int8), or "
+                          "pass --allow-slower-int8 to use int8 anyway")
+    logger.warning("%s; used anyway (--allow-slower-int8)", message)
 
 
 def quantize_openvino_model(ov_model: Any, calibration: list[Tensor]) -> Any:
@@ -243,12 +243,19 @@ def _quieter(name: str) -> Iterator[None]:
 
 
 class Int8InductorModel(nn.Module):
-    """A PT2E int8 model compiled by inductor for one batch size, run at any: inputs are cut into
-    batches of that size (the last one padded by repeating its first image) and the outputs trimmed."""
+    """A PT2E int8 model compiled by inductor for a few batch sizes, run at any: inputs are cut
+    into batches of the largest, and what is left over goes to the smallest compiled size that
+    holds it (padded by repeating its first image), the outputs trimmed."""
 
-    def __init__(self, compiled: Callable[[Tensor], Tensor], batch_size: int, input_size: tuple[int, int]) -> None:
+    def __init__(self, compiled: Callable[[Tensor], Tensor], batch_sizes: Sequence[int],
+                 input_size: tuple[int, int]) -> None:
         super().__init__()
-        self.compiled, self.batch_size, self.input_size = compiled, batch_size, input_size
+        self.compiled, self.batch_sizes, self.input_size = compiled, tuple(sorted(set(batch_sizes))), input_size
+
+    @property
+    def batch_size(self) -> int:
+        """The largest compiled batch size."""
+        return self.batch_sizes[-1]
 
     def forward(self, x: Tensor) -> Tensor:
         if tuple(x.shape[2:]) != self.input_size:
@@ -257,21 +264,30 @@ class Int8InductorModel(nn.Module):
         outputs = []
         for chunk in x.float().split(self.batch_size):
             count = len(chunk)
-            if count < self.batch_size:
-                chunk = torch.cat([chunk, chunk[:1].expand(self.batch_size - count, *chunk.shape[1:])])
-            with torch.no_grad():
-                outputs.append(self.compiled(chunk)[:count])
+            size = next(size for size in self.batch_sizes if size >= count)
+            if count < size:
+                chunk = torch.cat([chunk, chunk[:1].expand(size - count, *chunk.shape[1:])])
+            outputs.append(self.run(chunk)[:count])
         return torch.cat(outputs)
+
+    def run(self, batch: Tensor) -> Tensor:
+        """The compiled graph on a batch of a compiled size (compiled now, frozen, if it is new)."""
+        import torch._inductor.config as inductor_config
+
+        with torch.no_grad(), inductor_config.patch(freezing=True):
+            return self.compiled(batch)
 
 
 def quantize_pt2e(model: nn.Module, calibration: Tensor | Iterable[Tensor],
                   holdout: Tensor | Iterable[Tensor] | None = None, min_agreement: float = 0.99,
-                  batch_size: int = TIMING_BATCH,
-                  timing_repeats: int = 5) -> tuple[Int8InductorModel, QuantizationReport]:
+                  batch_size: int = TIMING_BATCH, timing_repeats: int = 5,
+                  smaller_batches: Sequence[int] = ()) -> tuple[Int8InductorModel, QuantizationReport]:
     """``model`` quantised to int8 in PyTorch: exported (``torch.export``), quantised by torchao's
     PT2E flow with ``X86InductorQuantizer`` (static, per-channel symmetric weights, asymmetric
     activations) on ``calibration``, then compiled by inductor with weight freezing, which lowers
-    the products to oneDNN's int8 kernels (VNNI / AMX where the CPU has them). Timed at
+    the products to oneDNN's int8 kernels (VNNI / AMX where the CPU has them), for ``batch_size``
+    and each of ``smaller_batches`` (each size is one compilation; a server's batch of one image
+    should not run as a padded full batch). Timed at
     ``batch_size`` against the float model's fastest eager path on this CPU (bf16 autocast where the
     CPU has native bf16, else fp32); the agreement with fp32 is measured on ``holdout`` (else the calibration images)
     and refused under ``min_agreement`` as :func:`quantize_openvino` does.
@@ -281,8 +297,6 @@ def quantize_pt2e(model: nn.Module, calibration: Tensor | Iterable[Tensor],
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     except ImportError:
         raise InvalidArgumentError("PT2E int8 needs torchao: pip install 'davit-toolkit[int8]'") from None
-    import torch._inductor.config as inductor_config
-
     model = model.eval().float().cpu()
     batches = _nonempty(calibration_batches(calibration), "calibration")
     compared = _nonempty(calibration_batches(holdout), "holdout") if holdout is not None else batches
@@ -290,15 +304,20 @@ def quantize_pt2e(model: nn.Module, calibration: Tensor | Iterable[Tensor],
     example = _timing_batch(batches)[:1].expand(batch_size, -1, -1, -1).contiguous()
     quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
     with torch.no_grad():
-        prepared = prepare_pt2e(torch.export.export(model, (example,)).module(), quantizer)
+        # traced with a dynamic batch (of at least two images: one would be specialised), so that one
+        # quantised graph serves every compiled batch size
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        program = torch.export.export(model, (example[:1].expand(max(batch_size, 2), -1, -1, -1).contiguous(),),
+                                      dynamic_shapes={"x": {0: batch}})
+        prepared = prepare_pt2e(program.module(), quantizer)
         for batch in batches:
             for chunk in batch.split(batch_size):
                 prepared(chunk)
         converted = convert_pt2e(prepared)
-        compiled = torch.compile(converted, dynamic=False)
-        with inductor_config.patch(freezing=True):
-            compiled(example)  # compiled here, with the weights frozen and prepacked
-    int8 = Int8InductorModel(compiled, batch_size, input_size)
+    sizes = sorted({batch_size, *(size for size in smaller_batches if 0 < size < batch_size)})
+    int8 = Int8InductorModel(torch.compile(converted, dynamic=False), sizes, input_size)
+    for size in sizes:  # compiled here, with the weights frozen and prepacked
+        int8.run(example[:size])
     agreement = top1_agreement(model, int8, compared)
     speeds: tuple[float | None, float | None] = (None, None)
     float_precision = fastest_cpu_float()

@@ -10,6 +10,7 @@ from PIL import Image
 
 from davit import save_pretrained
 from davit.cli.app import run_subcommand
+from davit.dtypes import cpu_int8_instructions
 from davit.errors import ExportError, InvalidArgumentError, MissingDependencyError
 from davit.export import export_model, plan_export, read_card, write_export
 from davit.export.verify import verify_export
@@ -98,11 +99,14 @@ def test_int8_openvino_from_the_cli_reports_its_agreement(tiny_classifier, tmp_p
     for photo in PHOTOS:
         (photos / photo.name).write_bytes(photo.read_bytes())
     out = tmp_path / "int8.xml"
+    # no minimum: a random tiny model's top-1 on three photos hangs on roundings, and on CPUs without
+    # VNNI OpenVINO's int8 products round more (the refusal itself: tests/test_quantize.py)
     assert run_subcommand("export", [str(folder), str(out), "--int8", "--calibration", str(photos),
-                                     "--min-agreement", "0.5", "--allow-slower-int8"]) == 0
+                                     "--min-agreement", "0", "--allow-slower-int8"]) == 0
     printed = capsys.readouterr().out
-    assert "top-1 agrees with fp32" in printed and printed.endswith(f"wrote {out}\n")
     ov_model = openvino.Core().read_model(str(out))
     report = json.loads(ov_model.get_rt_info(["davit_int8"]).astype(str))
-    assert report["compared_images"] == len(PHOTOS) and report["agreement"] >= 0.5
+    assert f"top-1 agrees with fp32 on {100 * report['agreement']:.2f}% of 3 calibration images" in printed
+    assert printed.endswith(f"wrote {out}\n")
+    assert report["compared_images"] == len(PHOTOS) and report["int8_instructions"] == cpu_int8_instructions()
     assert read_card(out) == tiny_classifier.card

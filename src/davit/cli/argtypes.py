@@ -109,3 +109,22 @@ def add_engine(parser: argparse.ArgumentParser) -> None:
                         help="with --engine ray: actors, each holding the model once (default: 1)")
     parser.add_argument("--num-gpus", type=float, default=0.0,
                         help="with --engine ray: GPUs per actor (default: 0, CPU actors)")
+
+
+def add_int8(parser: argparse.ArgumentParser, how: str, use: str) -> None:
+    """``--int8`` and its calibration, agreement and speed options; ``how`` names the quantiser,
+    ``use`` what the command does with the model (write it, classify with it, serve it)."""
+    parser.add_argument("--int8", action="store_true",
+                        help=f"quantise to int8 ({how}; needs --calibration); used only where its top-1 agrees "
+                             "with float32's and it is faster than the float model on this machine")
+    parser.add_argument("--calibration", metavar="FOLDER",
+                        help="with --int8: images to calibrate the int8 ranges on (a folder, or a wds: or hf: source)")
+    parser.add_argument("--holdout", metavar="FOLDER",
+                        help="with --int8: images the int8 top-1 is compared with float32's on (default: the "
+                             "calibration images, which flatters int8)")
+    parser.add_argument("--min-agreement", type=float, default=0.99,
+                        help="with --int8: refuse the int8 model when its top-1 agrees with float32's on a "
+                             "smaller share of the images (default: 0.99)")
+    parser.add_argument("--allow-slower-int8", action="store_true",
+                        help=f"{use} the int8 model even when it is slower than the float model on this machine "
+                             "(refused by default: then int8 only costs accuracy)")

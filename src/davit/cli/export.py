@@ -9,7 +9,7 @@ from ..api import get_model
 from ..errors import InvalidArgumentError
 from ..export import FORMATS, export_model, format_of
 from ..export.openvino import export_openvino_int8
-from .argtypes import add_checkpoint, add_random_weights, add_semantics, positive_int, weights_seed
+from .argtypes import add_checkpoint, add_int8, add_random_weights, add_semantics, positive_int, weights_seed
 
 # the photos the exports are checked on by default, when this is a source checkout
 DEMO_PHOTOS = Path(__file__).resolve().parents[3] / "demo"
@@ -44,18 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="real images the export is checked on besides random ones (default: the "
                              "demo photos of a source checkout)")
     parser.add_argument("--no-verify", action="store_true", help="skip running the export against PyTorch")
-    parser.add_argument("--int8", action="store_true",
-                        help="quantise to int8 with NNCF (--format openvino; needs --calibration)")
-    parser.add_argument("--calibration", metavar="FOLDER", help="images to calibrate the int8 ranges on")
-    parser.add_argument("--holdout", metavar="FOLDER",
-                        help="images the int8 top-1 is compared with float32's on (default: the "
-                             "calibration images, which flatters int8)")
-    parser.add_argument("--min-agreement", type=float, default=0.99,
-                        help="refuse the int8 model when its top-1 agrees with float32's on a smaller "
-                             "share of the images (default: 0.99)")
-    parser.add_argument("--allow-slower-int8", action="store_true",
-                        help="write the int8 model even when it is slower than the float model on this "
-                             "machine (refused by default: then int8 only costs accuracy)")
+    add_int8(parser, "NNCF, --format openvino", "write")
     parser.set_defaults(run=run)
     return parser
 
@@ -86,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_int8_options(args: argparse.Namespace, export_format: str) -> None:
     if not args.int8:
-        if args.calibration or args.holdout:
-            raise InvalidArgumentError("--calibration and --holdout go with --int8")
+        if args.calibration or args.holdout or args.allow_slower_int8:
+            raise InvalidArgumentError("--calibration, --holdout and --allow-slower-int8 go with --int8")
         return
     if export_format != "openvino":
         raise InvalidArgumentError(f"--int8 quantises with OpenVINO: use --format openvino (an .xml "

@@ -23,6 +23,7 @@ from .app import print_error
 from .argtypes import (
     add_device,
     add_engine,
+    add_int8,
     add_model_and_checkpoint,
     add_random_weights,
     add_semantics,
@@ -62,6 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="run the model in PyTorch (default) or exported, on the CPU, to ONNX Runtime "
                              "(fp32) or OpenVINO (fp32 or bf16 by --dtype); same top-1, see "
                              "benchmarks/LOG.md for which is fastest")
+    add_int8(parser, "torchao PT2E compiled by inductor for --batch-size on --backend torch, NNCF on openvino",
+             "classify with")
     add_semantics(parser, help="official (the paper's model) or mmpretrain (its port's numerics) "
                                "(default: the weights' card's, else official)")
     parser.set_defaults(semantics=None)  # None: as the weights' card says
@@ -86,7 +89,11 @@ def run(args: argparse.Namespace) -> int:
         random_weights=args.random_weights, topk=args.topk,
         batch_size=args.batch_size, num_workers=args.num_workers, out=args.out, dtype=args.dtype,
         device=args.device, semantics=args.semantics, resume=args.resume, show_dir=args.show_dir,
-        backend=args.backend)
+        backend=args.backend, int8=args.int8, calibration=args.calibration, holdout=args.holdout,
+        min_agreement=args.min_agreement, allow_slower_int8=args.allow_slower_int8)
+    if args.int8 and args.engine == "ray":
+        raise InvalidArgumentError("--int8 runs with --engine local (each Ray worker would calibrate and compile "
+                                   "its own int8 model)")
     try:
         if args.engine == "ray":
             summary = predict_on_ray(options, _Printer(args.prog, args.json), args.seed, args.ray_address,

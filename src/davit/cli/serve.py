@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import InvalidArgumentError, require
 from ..runtime import BACKENDS, RUNTIME_DTYPES
-from .argtypes import add_checkpoint, add_random_weights, port, positive_int, weights_seed
+from .argtypes import add_checkpoint, add_int8, add_random_weights, port, positive_int, weights_seed
 
 TOKEN_VARIABLE = "DAVIT_SERVE_TOKEN"
 
@@ -51,6 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="runtime of the classifier (default: torch); embeddings run on torch")
     parser.add_argument("--dtype", choices=RUNTIME_DTYPES, default="fp32", help="compute precision (default: fp32)")
     parser.add_argument("--threads", type=positive_int, help="runtime threads (default: one per core)")
+    add_int8(parser, "torchao PT2E compiled for 1 and --max-batch-size images on --backend torch, NNCF on openvino",
+             "serve")
     token = parser.add_mutually_exclusive_group()
     token.add_argument("--token-file", metavar="FILE",
                        help=f"file holding the bearer token required on every endpoint but /health (default: "
@@ -73,16 +75,24 @@ def run(args: argparse.Namespace) -> int:
     require("fastapi", "serve", "davit serve")
     from ..serve.app import ServeSettings
     from ..serve.limits import Limits, MiB
-    from ..serve.model import load_served_model
+    from ..serve.model import Int8Serving, load_served_model
     from ..serve.server import run_server
 
     limits = Limits(max_body_bytes=int(args.max_body_mb * MiB), max_pixels=args.max_pixels,
                     max_images=args.max_images, timeout_s=args.timeout)
     settings = ServeSettings(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, limits=limits,
                              token=bearer_token(args), top_k=args.top_k)
+    if not args.int8 and (args.calibration or args.holdout or args.allow_slower_int8):
+        raise InvalidArgumentError("--calibration, --holdout and --allow-slower-int8 go with --int8")
+    if args.int8 and not args.calibration:
+        raise InvalidArgumentError("--int8 needs --calibration FOLDER: images like the ones to serve, to choose "
+                                   "the int8 ranges")
+    int8 = Int8Serving(args.calibration, args.holdout, args.min_agreement, args.allow_slower_int8) \
+        if args.int8 else None
     with weights_seed(args.seed):
         served = load_served_model(args.model, checkpoint=args.checkpoint, random_weights=args.random_weights,
-                                   backend=args.backend, dtype=args.dtype, threads=args.threads)
+                                   backend=args.backend, dtype=args.dtype, threads=args.threads, int8=int8,
+                                   max_batch_size=args.max_batch_size)
     run_server(served, settings, args.host, args.port)
     return 0
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import logging
 import math
 import os
 import sys
@@ -30,12 +31,20 @@ from tqdm import tqdm
 from ..checkpoint.build import get_model
 from ..checkpoint.card import Preprocessing
 from ..checkpoint.resolve import model_and_weights, resolve_device
+from ..data.calibration import folder_images
 from ..data.datasets import IMAGE_EXTENSIONS, Batch, LabelledImageDataset, walk_images
 from ..data.images import StoredImage
 from ..data.sources import is_stored_source, stored_samples
 from ..dtypes import DTYPES, autocast_dtype
 from ..errors import DavitError, InvalidArgumentError
-from ..exported import exported_runtime, exported_source, open_backend, open_exported
+from ..exported import (
+    CHECKED_INT8_BACKENDS,
+    exported_runtime,
+    exported_source,
+    open_backend,
+    open_checked_int8,
+    open_exported,
+)
 from ..records import error_record, prediction_record
 from ..runtime import BACKENDS, CAPABILITIES, dtype_refusal
 from ..vis.drawing import ClassScore, PredictionPictures
@@ -43,7 +52,10 @@ from . import distributed
 from .predict import class_probabilities, sharded_loader
 from .results import ResultSink, check_format, open_results, record_writer
 
+logger = logging.getLogger("davit")
+
 DEFAULT_MODEL = "davit-tiny_3rdparty_in1k"
+CALIBRATION_LIMIT = 256  # int8: calibration images read at most (more change the ranges little)
 PROGRESS_MIN = 9  # fewer images than this get no progress bar
 _NO_LABEL = -1  # the dataset's label of every input; predict has no ground truth
 _PATTERN_CHARS = frozenset("*?[")
@@ -69,6 +81,11 @@ class InferenceOptions:
     resume: bool = False  # skip the inputs ``out`` already holds, append the rest
     show_dir: str | None = None  # also save each image with its top-k drawn there (mmpretrain's show_dir)
     backend: str = "torch"  # or a CPU runtime the model is exported to: onnxruntime, openvino
+    int8: bool = False  # quantise (torch: torchao PT2E; openvino: NNCF), used only where it agrees and is faster
+    calibration: str | None = None  # int8: folder or wds:/hf: source of images to choose its ranges on
+    holdout: str | None = None  # int8: images its top-1 is compared with fp32's on (default: the calibration ones)
+    min_agreement: float = 0.99  # int8: the least share of images whose top-1 stays fp32's
+    allow_slower_int8: bool = False  # int8: use it even when it is slower than the float model here
 
 
 @dataclass
@@ -160,6 +177,7 @@ def _check_backend(options: InferenceOptions) -> None:
 
     if options.backend not in BACKENDS:
         raise InvalidArgumentError(f"--backend must be one of {', '.join(BACKENDS)}, not {options.backend!r}")
+    _check_int8(options)
     if options.backend == "torch":
         return
     if options.device not in (None, "cpu") and CAPABILITIES[options.backend].cpu_only:
@@ -168,6 +186,26 @@ def _check_backend(options: InferenceOptions) -> None:
     refusal = dtype_refusal(options.backend, options.dtype)
     if refusal is not None:
         raise InvalidArgumentError(f"--backend {refusal}")
+
+
+def _check_int8(options: InferenceOptions) -> None:
+    if not options.int8:
+        if options.calibration or options.holdout or options.allow_slower_int8:
+            raise InvalidArgumentError("--calibration, --holdout and --allow-slower-int8 go with --int8")
+        return
+    if options.backend not in CHECKED_INT8_BACKENDS:
+        raise InvalidArgumentError(f"--int8 runs on --backend torch (torchao PT2E) or openvino (NNCF), not "
+                                   f"{options.backend}")
+    if not options.calibration:
+        raise InvalidArgumentError("--int8 needs --calibration FOLDER: images like the ones to classify, to "
+                                   "choose the int8 ranges")
+    if options.device not in (None, "cpu"):
+        raise InvalidArgumentError(f"--int8 runs on the CPU; drop --device {options.device}")
+    if exported_source(options.model, options.checkpoint, options.random_weights) is not None:
+        raise InvalidArgumentError("--int8 quantises a PyTorch model; give the model (or its checkpoint) it was "
+                                   "exported from, or export with davit export --int8")
+    if not 0 <= options.min_agreement <= 1:
+        raise InvalidArgumentError(f"--min-agreement is a share between 0 and 1, got {options.min_agreement}")
 
 
 class FoundImages(NamedTuple):
@@ -315,7 +353,7 @@ def _load_model(options: InferenceOptions, device: torch.device) -> nn.Module:
                                            DEFAULT_MODEL)
         net = get_model(model, pretrained=weights, device=device, semantics=options.semantics,
                         progress=distributed.is_main_process())
-    return net if options.backend == "torch" else _OnRuntime(net, options)
+    return net if options.backend == "torch" and not options.int8 else _OnRuntime(net, options)
 
 
 class _OnRuntime(nn.Module):
@@ -329,7 +367,17 @@ class _OnRuntime(nn.Module):
         self.class_names = getattr(model, "class_names", None)
         pre = self.card.preprocessing if self.card is not None else Preprocessing()
         size = pre.exact_size or (pre.crop_size, pre.crop_size)
-        self.backend = open_backend(model, options.backend, dtype=options.dtype, input_size=(size[0], size[1]))
+        if options.int8:
+            assert options.calibration is not None  # checked by _check_int8
+            transform = pre.transform()
+            calibration = folder_images(options.calibration, transform, limit=CALIBRATION_LIMIT)
+            holdout = folder_images(options.holdout, transform, what="holdout") if options.holdout else None
+            self.backend, report = open_checked_int8(
+                model, options.backend, calibration, holdout, min_agreement=options.min_agreement,
+                allow_slower=options.allow_slower_int8, dtype=options.dtype, batch_size=options.batch_size)
+            logger.info("%s", report.summary())
+        else:
+            self.backend = open_backend(model, options.backend, dtype=options.dtype, input_size=(size[0], size[1]))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backend(images)

@@ -7,6 +7,7 @@ runtimes hold the classifier only), with :mod:`davit.engine.embed`'s definition 
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +19,16 @@ from torch import Tensor, nn
 
 from ..api import get_model
 from ..checkpoint.card import Preprocessing
+from ..data.calibration import folder_images
 from ..data.transforms import TestTransform
 from ..dtypes import autocast_dtype
 from ..engine.embed import embedding_function
-from ..exported import ExportedModel, exported_source, open_backend, open_exported
+from ..engine.infer import CALIBRATION_LIMIT
+from ..errors import InvalidArgumentError
+from ..exported import ExportedModel, exported_source, open_backend, open_checked_int8, open_exported
 from ..runtime import Backend
+
+logger = logging.getLogger("davit")
 
 
 @dataclass
@@ -81,13 +87,31 @@ class ServedModel:
                 "backend": self.backend, "dtype": self.dtype, "token_embeddings": self.has_tokens}
 
 
+@dataclass(frozen=True)
+class Int8Serving:
+    """``davit serve --int8``: calibration images (a folder or a wds: / hf: source), held-out ones
+    (None: the calibration images), the least top-1 agreement with fp32, and whether an int8
+    model slower than the float one is served anyway."""
+
+    calibration: str
+    holdout: str | None = None
+    min_agreement: float = 0.99
+    allow_slower: bool = False
+
+
 def load_served_model(source: str, checkpoint: str | None = None, random_weights: bool = False,
-                      backend: str = "torch", dtype: str = "fp32", threads: int | None = None) -> ServedModel:
+                      backend: str = "torch", dtype: str = "fp32", threads: int | None = None,
+                      int8: Int8Serving | None = None, max_batch_size: int = 16) -> ServedModel:
     """Build the model that ``source`` names (anything :func:`davit.get_model` takes) with its
-    own weights, ``checkpoint``'s, or random ones, and open its classifier on ``backend``; or open
-    the file ``davit export`` wrote that ``source`` (or ``checkpoint``) names on its runtime."""
+    own weights, ``checkpoint``'s, or random ones, and open its classifier on ``backend`` (with
+    ``int8``, quantised, where that agrees with fp32 and is faster here:
+    :func:`davit.exported.open_checked_int8`, compiled for one image and ``max_batch_size``); or
+    open the file ``davit export`` wrote that ``source`` (or ``checkpoint``) names on its runtime."""
     exported = exported_source(source, checkpoint, random_weights)
     if exported is not None:
+        if int8 is not None:
+            raise InvalidArgumentError("--int8 quantises a PyTorch model; serve the model it was exported from, "
+                                       "or export it with davit export --int8")
         return _served_export(open_exported(exported, backend, dtype, threads), dtype)
     pretrained: bool | str = checkpoint if checkpoint else not random_weights
     model = get_model(source, pretrained=pretrained, device="cpu")
@@ -96,10 +120,27 @@ def load_served_model(source: str, checkpoint: str | None = None, random_weights
     size = preprocessing.exact_size or (preprocessing.crop_size, preprocessing.crop_size)
     input_size = (int(size[0]), int(size[1]))
     classifies = getattr(model, "head", None) is not None
-    classifier = open_backend(model, backend, dtype=dtype, input_size=input_size, threads=threads) \
-        if classifies else None
-    return ServedModel(public_name(source, card), model, classifier, backend, dtype, preprocessing.transform(),
+    classifier: Backend | None = None
+    if classifies and int8 is not None:
+        classifier = _int8_classifier(model, backend, dtype, threads, int8, preprocessing.transform(), max_batch_size)
+    elif classifies:
+        classifier = open_backend(model, backend, dtype=dtype, input_size=input_size, threads=threads)
+    elif int8 is not None:
+        raise InvalidArgumentError("--int8 quantises a classifier; this model has no classification head")
+    served_on = classifier.name if classifier is not None and int8 is not None else backend  # torch-int8, openvino-int8
+    return ServedModel(public_name(source, card), model, classifier, served_on, dtype, preprocessing.transform(),
                        input_size)
+
+
+def _int8_classifier(model: nn.Module, backend: str, dtype: str, threads: int | None, int8: Int8Serving,
+                     transform: TestTransform, max_batch_size: int) -> Backend:
+    calibration = folder_images(int8.calibration, transform, limit=CALIBRATION_LIMIT)
+    holdout = folder_images(int8.holdout, transform, what="holdout") if int8.holdout else None
+    classifier, report = open_checked_int8(model, backend, calibration, holdout, min_agreement=int8.min_agreement,
+                                           allow_slower=int8.allow_slower, dtype=dtype, threads=threads,
+                                           batch_size=max_batch_size, smaller_batches=(1,))
+    logger.info("%s", report.summary())
+    return classifier
 
 
 def _served_export(model: ExportedModel, dtype: str) -> ServedModel:
