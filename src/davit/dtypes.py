@@ -32,9 +32,11 @@ def cpu_has_bf16() -> bool:
 
 def cpu_int8_instructions(cpuinfo: str | None = None) -> str | None:
     """The fastest int8 dot-product instruction set of this CPU (``AMX-INT8``, ``AVX512-VNNI``,
-    ``AVX-VNNI``), or None where it has none: there int8 products take several instructions per
-    multiply-add and int8 inference is not expected to beat float. Read from ``/proc/cpuinfo``
-    (``cpuinfo``: its text, for tests); None where that cannot be read."""
+    ``AVX-VNNI``), or None where it has none. Without them oneDNN multiplies int8 through 16-bit
+    intermediate sums (AVX2), fewer multiply-adds per cycle than VNNI and prone to saturating, so
+    whether int8 pays there is measured, never assumed (on a 2-core AVX2 EPYC the PT2E int8 model
+    still ran at 1.6x fp32: benchmarks/LOG.md). Read from ``/proc/cpuinfo`` (``cpuinfo``: its text,
+    for tests); None where that cannot be read."""
     if cpuinfo is None:
         try:
             with open("/proc/cpuinfo", encoding="utf-8") as file:
