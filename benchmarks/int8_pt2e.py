@@ -1,5 +1,6 @@
 """int8 in PyTorch (torchao PT2E + inductor, ``davit.quantize.quantize_pt2e``) against this library's
-bf16 eager path: speed on DaViT-tiny at batch 16, and top-1 agreement with fp32 on a trained model.
+fastest float eager path on this CPU (bf16 where native, else fp32): speed on DaViT-tiny at batch 16,
+and top-1 agreement with fp32 on a trained model.
 
     python benchmarks/int8_pt2e.py                                     # speed (random weights)
     python benchmarks/int8_pt2e.py --checkpoint work/best.pth --data data/digits   # and agreement
@@ -33,7 +34,7 @@ def main() -> None:
     model = build_model("tiny").eval()
     _, report = quantize_pt2e(model, torch.randn(32, 3, 224, 224), min_agreement=0.0, timing_repeats=6)
     print(f"DaViT-tiny 224, batch 16, {args.threads} threads: int8 {report.int8_images_per_second:.1f} img/s, "
-          f"bf16 eager {report.float_images_per_second:.1f} img/s: {report.speedup:.2f}x")
+          f"{report.float_precision} eager {report.float_images_per_second:.1f} img/s: {report.speedup:.2f}x")
     if args.checkpoint and args.data:
         trained = get_model(args.checkpoint, pretrained=args.checkpoint).eval()
         transform = trained.card.preprocessing.transform()
