@@ -306,9 +306,9 @@ def quantize_pt2e(model: nn.Module, calibration: Tensor | Iterable[Tensor],
     with torch.no_grad():
         # traced with a dynamic batch (of at least two images: one would be specialised), so that one
         # quantised graph serves every compiled batch size
-        batch = torch.export.Dim("batch", min=1, max=4096)
+        any_batch = torch.export.Dim("batch", min=1, max=4096)
         program = torch.export.export(model, (example[:1].expand(max(batch_size, 2), -1, -1, -1).contiguous(),),
-                                      dynamic_shapes={"x": {0: batch}})
+                                      dynamic_shapes={"x": {0: any_batch}})
         prepared = prepare_pt2e(program.module(), quantizer)
         for batch in batches:
             for chunk in batch.split(batch_size):
