@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import torch
 
+from ..errors import InvalidArgumentError
 from ..model import SEMANTICS
 
 
@@ -128,3 +129,14 @@ def add_int8(parser: argparse.ArgumentParser, how: str, use: str) -> None:
     parser.add_argument("--allow-slower-int8", action="store_true",
                         help=f"{use} the int8 model even when it is slower than the float model on this machine "
                              "(refused by default: then int8 only costs accuracy)")
+
+
+def check_int8_args(args: argparse.Namespace) -> None:
+    """Refuse ``--calibration``, ``--holdout`` or ``--allow-slower-int8`` without ``--int8``, and
+    ``--int8`` without ``--calibration``."""
+    if not args.int8:
+        if args.calibration or args.holdout or args.allow_slower_int8:
+            raise InvalidArgumentError("--calibration, --holdout and --allow-slower-int8 go with --int8")
+    elif not args.calibration:
+        raise InvalidArgumentError("--int8 needs --calibration FOLDER: images like the ones the model will see, to "
+                                   "choose the int8 ranges")

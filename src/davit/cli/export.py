@@ -9,7 +9,15 @@ from ..api import get_model
 from ..errors import InvalidArgumentError
 from ..export import FORMATS, export_model, format_of
 from ..export.openvino import export_openvino_int8
-from .argtypes import add_checkpoint, add_int8, add_random_weights, add_semantics, positive_int, weights_seed
+from .argtypes import (
+    add_checkpoint,
+    add_int8,
+    add_random_weights,
+    add_semantics,
+    check_int8_args,
+    positive_int,
+    weights_seed,
+)
 
 # the photos the exports are checked on by default, when this is a source checkout
 DEMO_PHOTOS = Path(__file__).resolve().parents[3] / "demo"
@@ -74,16 +82,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_int8_options(args: argparse.Namespace, export_format: str) -> None:
-    if not args.int8:
-        if args.calibration or args.holdout or args.allow_slower_int8:
-            raise InvalidArgumentError("--calibration, --holdout and --allow-slower-int8 go with --int8")
-        return
-    if export_format != "openvino":
+    if args.int8 and export_format != "openvino":
         raise InvalidArgumentError(f"--int8 quantises with OpenVINO: use --format openvino (an .xml "
                                    f"output), not {export_format}")
-    if not args.calibration:
-        raise InvalidArgumentError("--int8 needs --calibration FOLDER: images like the ones the model "
-                                   "will see, to choose the int8 ranges")
+    check_int8_args(args)
+    if not args.int8:
+        return
     if args.with_preprocessing or args.dynamic_size or args.encode_image:
         raise InvalidArgumentError("--int8 exports the classifier alone at one image size; drop "
                                    "--with-preprocessing, --dynamic-size and --encode-image")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import InvalidArgumentError, require
 from ..runtime import BACKENDS, RUNTIME_DTYPES
-from .argtypes import add_checkpoint, add_int8, add_random_weights, port, positive_int, weights_seed
+from .argtypes import add_checkpoint, add_int8, add_random_weights, check_int8_args, port, positive_int, weights_seed
 
 TOKEN_VARIABLE = "DAVIT_SERVE_TOKEN"
 
@@ -82,11 +82,7 @@ def run(args: argparse.Namespace) -> int:
                     max_images=args.max_images, timeout_s=args.timeout)
     settings = ServeSettings(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, limits=limits,
                              token=bearer_token(args), top_k=args.top_k)
-    if not args.int8 and (args.calibration or args.holdout or args.allow_slower_int8):
-        raise InvalidArgumentError("--calibration, --holdout and --allow-slower-int8 go with --int8")
-    if args.int8 and not args.calibration:
-        raise InvalidArgumentError("--int8 needs --calibration FOLDER: images like the ones to serve, to choose "
-                                   "the int8 ranges")
+    check_int8_args(args)
     int8 = Int8Serving(args.calibration, args.holdout, args.min_agreement, args.allow_slower_int8) \
         if args.int8 else None
     with weights_seed(args.seed):

@@ -57,3 +57,14 @@ def calibration_batches(calibration: Tensor | Iterable[Tensor] | None) -> list[T
             raise InvalidArgumentError(f"calibration images must be (N, 3, H, W) batches, got shape "
                                        f"{tuple(batch.shape)}")
     return [batch.float().cpu() for batch in batches]
+
+
+CALIBRATION_LIMIT = 256  # int8: calibration images read at most (more change the ranges little)
+
+
+def calibration_and_holdout(calibration: str | Path, holdout: str | Path | None,
+                            transform: TestTransform) -> tuple[list[Tensor], list[Tensor] | None]:
+    """``--int8``'s images: up to :data:`CALIBRATION_LIMIT` calibration images and every held-out
+    one (None when no holdout is given), read with ``transform``."""
+    calibrated = folder_images(calibration, transform, limit=CALIBRATION_LIMIT)
+    return calibrated, folder_images(holdout, transform, what="holdout") if holdout else None

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from ..checkpoint.build import get_model
 from ..checkpoint.card import Preprocessing
 from ..checkpoint.resolve import model_and_weights, resolve_device
-from ..data.calibration import folder_images
+from ..data.calibration import calibration_and_holdout
 from ..data.datasets import IMAGE_EXTENSIONS, Batch, LabelledImageDataset, walk_images
 from ..data.images import StoredImage
 from ..data.sources import is_stored_source, stored_samples
@@ -55,7 +55,6 @@ from .results import ResultSink, check_format, open_results, record_writer
 logger = logging.getLogger("davit")
 
 DEFAULT_MODEL = "davit-tiny_3rdparty_in1k"
-CALIBRATION_LIMIT = 256  # int8: calibration images read at most (more change the ranges little)
 PROGRESS_MIN = 9  # fewer images than this get no progress bar
 _NO_LABEL = -1  # the dataset's label of every input; predict has no ground truth
 _PATTERN_CHARS = frozenset("*?[")
@@ -369,9 +368,7 @@ class _OnRuntime(nn.Module):
         size = pre.exact_size or (pre.crop_size, pre.crop_size)
         if options.int8:
             assert options.calibration is not None  # checked by _check_int8
-            transform = pre.transform()
-            calibration = folder_images(options.calibration, transform, limit=CALIBRATION_LIMIT)
-            holdout = folder_images(options.holdout, transform, what="holdout") if options.holdout else None
+            calibration, holdout = calibration_and_holdout(options.calibration, options.holdout, pre.transform())
             self.backend, report = open_checked_int8(
                 model, options.backend, calibration, holdout, min_agreement=options.min_agreement,
                 allow_slower=options.allow_slower_int8, dtype=options.dtype, batch_size=options.batch_size)

@@ -19,11 +19,10 @@ from torch import Tensor, nn
 
 from ..api import get_model
 from ..checkpoint.card import Preprocessing
-from ..data.calibration import folder_images
+from ..data.calibration import calibration_and_holdout
 from ..data.transforms import TestTransform
 from ..dtypes import autocast_dtype
 from ..engine.embed import embedding_function
-from ..engine.infer import CALIBRATION_LIMIT
 from ..errors import InvalidArgumentError
 from ..exported import ExportedModel, exported_source, open_backend, open_checked_int8, open_exported
 from ..runtime import Backend
@@ -134,8 +133,7 @@ def load_served_model(source: str, checkpoint: str | None = None, random_weights
 
 def _int8_classifier(model: nn.Module, backend: str, dtype: str, threads: int | None, int8: Int8Serving,
                      transform: TestTransform, max_batch_size: int) -> Backend:
-    calibration = folder_images(int8.calibration, transform, limit=CALIBRATION_LIMIT)
-    holdout = folder_images(int8.holdout, transform, what="holdout") if int8.holdout else None
+    calibration, holdout = calibration_and_holdout(int8.calibration, int8.holdout, transform)
     classifier, report = open_checked_int8(model, backend, calibration, holdout, min_agreement=int8.min_agreement,
                                            allow_slower=int8.allow_slower, dtype=dtype, threads=threads,
                                            batch_size=max_batch_size, smaller_batches=(1,))
