@@ -250,11 +250,13 @@ def _count_onednn_calls(monkeypatch) -> list[int]:
 
 
 @needs_onednn
+@pytest.mark.parametrize("gelu_post_op", [True, False])
 @pytest.mark.parametrize("dtype", ["fp32", "autocast", "pure-bf16"])
-def test_onednn_linear_path_equals_the_plain_layers(monkeypatch, dtype):
-    """CPU inference runs the linear layers through oneDNN (fused GELU, packed
-    weights); with autograd on, the plain nn.Linear calls run; both give the same logits. On a CPU
+def test_onednn_linear_path_equals_the_plain_layers(monkeypatch, dtype, gelu_post_op):
+    """CPU inference runs the linear layers through oneDNN (packed weights, GELU fused or apart);
+    with autograd on, the plain nn.Linear calls run; both give the same logits. On a CPU
     whose oneDNN refuses bfloat16 (no AVX512-BF16 or AMX), bf16 takes the plain layers instead."""
+    monkeypatch.setattr(kernels, "GELU_POST_OP", gelu_post_op)
     torch.manual_seed(0)
     onednn = dtype == "fp32" or kernels.has_onednn_linear(torch.bfloat16)
     model = DaViTClassifier(MINI, num_classes=5).eval()
