@@ -94,10 +94,33 @@ def conv_plus_input(conv: nn.Conv2d, x: Tensor) -> Tensor:
     """
     if (_enabled and x.dtype in (torch.float32, torch.float64) and not _autocast_enabled(x.device)
             and not _has_hooks(conv)):
-        kh, kw = conv.kernel_size
-        centre = F.pad(conv.weight.new_ones(1, 1, 1, 1), (kw // 2, kw // 2, kh // 2, kh // 2))
-        return conv._conv_forward(x, conv.weight + centre, conv.bias)
+        return conv._conv_forward(x, _centred_kernels(conv), conv.bias)
     return x + conv(x)
+
+
+_CENTRED: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _centred_kernels(conv: nn.Conv2d) -> Tensor:
+    """``conv``'s kernels with 1 added to their centre taps.
+
+    In inference in eager mode they are made once per weight version and cached, as the packed
+    linear weights are (three fewer operator calls per position encoding, which count at batch 1);
+    with autograd on they are computed in the graph, so the weight gets its gradient.
+    """
+    weight = conv.weight
+    cached = not (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.is_grad_enabled()
+                  or weight.is_inference())
+    if cached:
+        key = (weight._version, weight.data_ptr(), weight.dtype, weight.device)
+        entry = _CENTRED.get(weight)
+        if entry is not None and entry[0] == key:
+            return entry[1]
+    kh, kw = conv.kernel_size
+    centred = weight + F.pad(weight.new_ones(1, 1, 1, 1), (kw // 2, kw // 2, kh // 2, kh // 2))
+    if cached:
+        _CENTRED[weight] = (key, centred)
+    return centred
 
 
 def window_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:

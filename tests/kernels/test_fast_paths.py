@@ -151,6 +151,24 @@ def test_conv_plus_input_is_input_plus_conv(dtype, fast):
     assert (out - expected).abs().max() <= tolerance * expected.abs().max()
 
 
+def test_conv_plus_input_follows_weight_updates_and_trains():
+    """The cached centred kernels of inference are remade after an in-place weight update; with
+    autograd on, the weight gets its gradient."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 4, kernel_size=3, padding=1, groups=4)
+    x = torch.randn(1, 4, 5, 5)
+    with torch.inference_mode():
+        kernels.conv_plus_input(conv, x)
+    with torch.no_grad():
+        conv.weight.mul_(2)
+        expected = x + F.conv2d(x, conv.weight, conv.bias, padding=1, groups=4)
+    with torch.inference_mode():
+        torch.testing.assert_close(kernels.conv_plus_input(conv, x), expected)
+    kernels.conv_plus_input(conv, x).sum().backward()
+    torch.testing.assert_close(conv.weight.grad, torch.autograd.grad(
+        F.conv2d(x, conv.weight, conv.bias, padding=1, groups=4).sum(), conv.weight)[0])
+
+
 @pytest.mark.parametrize("scores_bytes", [1 << 20, 40_000])  # one group of windows, or several
 @pytest.mark.parametrize("tokens", [49, 16, 200])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
