@@ -139,11 +139,12 @@ def test_pt2e_int8_through_inductor_runs_at_any_batch_and_reports(tmp_path):
     with torch.inference_mode():
         expected = model(images)
     out = int8(images)
-    assert out.shape == expected.shape and torch.isfinite(out).all()
+    assert out.shape == expected.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
     assert (out.argmax(1) == expected.argmax(1)).float().mean() >= 0.5
-    # timed against the fastest float path of this CPU: bf16 autocast where it is native, else fp32
+    # the layers left in floating point, and the timing's float path, in this CPU's fastest float
+    # precision: bf16 autocast where it is native, else fp32
     assert report.runtime == "torch-inductor" and report.speedup is not None
-    assert report.float_precision == ("bf16" if cpu_has_bf16() else "fp32")
+    assert report.float_precision == int8.float_precision == ("bf16" if cpu_has_bf16() else "fp32")
     assert report.int8_instructions == cpu_int8_instructions()
     assert "int8 (torch-inductor" in report.summary()
 

@@ -17,7 +17,8 @@ def runtime_settings(backend: Backend) -> dict[str, Any]:
         return {"intra_op_threads": settings.intra_op_num_threads,
                 "spinning": settings.get_session_config_entry("session.intra_op.allow_spinning") != "0"}
     if isinstance(backend, TorchBackend):  # PyTorch (the int8 model compiled by inductor)
-        return {"threads": torch.get_num_threads(), "precision": "int8 (torchao PT2E, inductor)"}
+        between = getattr(backend.model, "float_precision", "fp32")  # of the layers left in floating point
+        return {"threads": torch.get_num_threads(), "precision": f"int8 with {between} (torchao PT2E, inductor)"}
     compiled = cast(Any, backend).compiled
     return {"threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
             "precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
