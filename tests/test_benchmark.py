@@ -5,6 +5,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 from davit import benchmark
 from davit.benchmark import BenchmarkOptions, run
@@ -270,3 +271,23 @@ def test_the_report_says_whether_int8_pays_on_this_cpu(int8_instructions, torch_
     assert expected in table.splitlines()
     assert "openvino-int8: 1.25x openvino: int8 pays on this machine" in table
     assert "int8 dot products " + (int8_instructions or "none (no VNNI or AMX)") in table
+
+
+def test_compiled_inference_is_timed_with_frozen_weights():
+    import torch._inductor.config as inductor_config
+
+    from davit.benchmark import make_step
+    from davit.benchmark.report import _execution
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(inductor_config.freezing)  # read while torch.compile traces the forward
+            return x * 2
+
+    make_step(Probe(), torch.ones(2, 3), torch.zeros(2), "inference", autocast=False, compile_model=True)()
+    assert seen == [True] and not inductor_config.freezing  # frozen for the step only
+    assert _execution({"compile": True, "mode": "inference"}) == "compiled, frozen weights"
+    assert _execution({"compile": True, "mode": "train"}) == "compiled"
+    assert _execution({"compile": False, "mode": "inference"}) == "eager"

@@ -30,7 +30,7 @@ def format_report(report: dict) -> str:
     c = report["config"]
     lines = [
         f"model {c['model']}, batch {c['batch_size']}, {c['input_size'][0]}x{c['input_size'][1]}, "
-        f"{c['dtype']}, {c['mode']}, {'compiled' if c['compile'] else 'eager'}, "
+        f"{c['dtype']}, {c['mode']}, {_execution(c)}, "
         f"{c['threads']} threads, {c['device']}, {c['repeats']} repeats after {c['warmup']} "
         f"warm-up",
         f"model FLOPs {report['flops_per_image'] / 1e9:.2f} GFLOP per image; matmul ceiling "
@@ -110,3 +110,10 @@ def _runtime_lines(config: dict) -> list[str]:
     if config.get("int8"):
         line += f"; int8 calibrated on {config['calibration_images']} {config['calibration']} images"
     return [line]
+
+
+def _execution(config: dict) -> str:
+    """How the PyTorch models ran: eager, or compiled (with frozen weights, for inference)."""
+    if not config["compile"]:
+        return "eager"
+    return "compiled, frozen weights" if config["mode"] == "inference" else "compiled"
