@@ -102,11 +102,14 @@ def test_open_backend_exports_for_onnxruntime_and_quantises_for_int8(model, onnx
     backend = open_backend(model, "onnxruntime", input_size=SIZE)
     assert backend.name == "onnxruntime"
     assert_matches(backend(images), expected, 1e-4)
-    int8 = open_backend(model, "onnxruntime", input_size=SIZE, int8=True, calibration=torch.randn(8, 3, *SIZE))
+    calibration = torch.randn(8, 3, *SIZE, generator=torch.Generator().manual_seed(0))
+    int8 = open_backend(model, "onnxruntime", input_size=SIZE, int8=True, calibration=calibration)
     assert sizes == [SIZE, SIZE] and int8.name == "onnxruntime-int8"
     got = int8(images)
     assert not torch.equal(got, expected)  # quantised, not the float model
-    assert_matches(got, expected, 0.2)
+    # near the float model, not garbage: on an AMX Xeon the largest error of these random weights
+    # reached 0.22 of the largest logit in two runs of the same test out of four
+    assert_matches(got, expected, 0.3)
 
 
 def test_onnxruntime_static_quantisation_stores_int8_weights(onnx_file, tmp_path):

@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from .checkpoint.card import ModelCard
@@ -45,6 +46,7 @@ from .runtime import (
     CAPABILITIES,
     RUNTIME_DTYPES,
     Backend,
+    CompiledModel,
     OnnxRuntimeBackend,
     OpenVinoBackend,
     TorchBackend,
@@ -206,7 +208,8 @@ def _card_at(card: ModelCard, size: tuple[int, ...]) -> ModelCard:
 
 def open_backend(model: nn.Module, backend: str = "torch", *, dtype: str = "fp32",
                  input_size: tuple[int, int] = (224, 224), threads: int | None = None, int8: bool = False,
-                 calibration: Tensor | Iterable[Tensor] | None = None) -> Backend:
+                 calibration: Tensor | Iterable[Tensor] | None = None, compiled: bool = False,
+                 batch_sizes: Sequence[int] = (1,)) -> Backend:
     """``model`` (a DaViT classifier or tower, on the CPU) ready to run on ``backend``.
 
     ``dtype`` is the compute precision (fp32 or bf16; for int8, that of the layers left in
@@ -214,10 +217,23 @@ def open_backend(model: nn.Module, backend: str = "torch", *, dtype: str = "fp32
     sets ``torch.set_num_threads``, a process-wide setting). ``int8`` quantises the model after
     training (openvino, onnxruntime) with ``calibration`` images (a (N, 3, H, W) batch or an
     iterable of such batches, preprocessed as for inference); see :mod:`davit.quantize` for the
-    agreement check that should go with it.
+    agreement check that should go with it. ``compiled`` (torch only) runs the model as inductor's
+    graph with frozen weights, compiled here for each of ``batch_sizes`` at ``input_size``
+    (:class:`~davit.runtime.CompiledModel`: tens of seconds per size, then the lowest latency on CPUs
+    with AMX, benchmarks/LOG.md).
     """
     _check(backend, dtype, threads, int8, calibration)
+    if compiled and backend != "torch":
+        raise InvalidArgumentError(f"compiling is for the torch backend, not {backend}, whose runtime "
+                                   "optimises the graph itself; drop --compile or use --backend torch")
     model = model.eval().float().cpu()
+    if backend == "torch" and compiled:
+        graph = CompiledModel(model, batch_sizes, input_size, dtype)
+        if threads:
+            torch.set_num_threads(threads)
+        graph.warm_up()
+        name = "torch-compiled" if dtype == "fp32" else f"torch-{dtype}-compiled"
+        return TorchBackend(graph, "fp32", threads, name=name)
     if backend == "torch":
         return TorchBackend(model, dtype, threads)
     with tempfile.TemporaryDirectory(prefix="davit-runtime-") as folder:

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from .data.calibration import calibration_batches
 from .dtypes import cpu_int8_instructions, fastest_cpu_float
 from .errors import DatasetError, ExportError, InvalidArgumentError, require
-from .runtime import OpenVinoBackend, convert_to_openvino
+from .runtime import CompiledModel, OpenVinoBackend, convert_to_openvino
 from .timing import time_in_blocks
 
 logger = logging.getLogger("davit")
@@ -242,64 +242,17 @@ def _quieter(name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-class Int8InductorModel(nn.Module):
-    """A PT2E int8 model compiled by inductor for a few batch sizes, run at any: inputs are cut
-    into batches of the largest, and what is left over goes to the smallest compiled size that
-    holds it (padded by repeating its first image), the outputs trimmed.
-
-    ``float_precision`` is the precision of the layers left unquantised (norms, softmax, GELU, the
-    attention products) and of the values between the int8 products: ``"bf16"`` compiles and runs
-    the graph under bfloat16 autocast (on an AMX Xeon 1.33x bf16 eager at batch 16, where the same
-    graph in float32 ran at 0.97x; benchmarks/LOG.md), ``"fp32"`` keeps them in float32. The logits
-    are float32 either way.
-    """
-
-    def __init__(self, compiled: Callable[[Tensor], Tensor], batch_sizes: Sequence[int],
-                 input_size: tuple[int, int], float_precision: str = "fp32") -> None:
-        super().__init__()
-        if float_precision not in ("fp32", "bf16"):
-            raise InvalidArgumentError(f"float_precision is fp32 or bf16, not {float_precision!r}")
-        self.compiled, self.batch_sizes, self.input_size = compiled, tuple(sorted(set(batch_sizes))), input_size
-        self.float_precision = float_precision
-
-    @property
-    def batch_size(self) -> int:
-        """The largest compiled batch size."""
-        return self.batch_sizes[-1]
-
-    def forward(self, x: Tensor) -> Tensor:
-        if tuple(x.shape[2:]) != self.input_size:
-            raise InvalidArgumentError(f"this int8 model was compiled for {self.input_size[0]}x{self.input_size[1]} "
-                                       f"images, got {tuple(x.shape[2:])}")
-        outputs = []
-        for chunk in x.float().split(self.batch_size):
-            count = len(chunk)
-            size = next(size for size in self.batch_sizes if size >= count)
-            if count < size:
-                chunk = torch.cat([chunk, chunk[:1].expand(size - count, *chunk.shape[1:])])
-            outputs.append(self.run(chunk)[:count])
-        return torch.cat(outputs)
-
-    def run(self, batch: Tensor) -> Tensor:
-        """The compiled graph on a batch of a compiled size (compiled now, frozen, if it is new)."""
-        import torch._inductor.config as inductor_config
-
-        with (torch.no_grad(), inductor_config.patch(freezing=True),
-              torch.autocast("cpu", torch.bfloat16, enabled=self.float_precision == "bf16")):
-            return self.compiled(batch).float()
-
-
 def quantize_pt2e(model: nn.Module, calibration: Tensor | Iterable[Tensor],
                   holdout: Tensor | Iterable[Tensor] | None = None, min_agreement: float = 0.99,
                   batch_size: int = TIMING_BATCH, timing_repeats: int = 5,
-                  smaller_batches: Sequence[int] = ()) -> tuple[Int8InductorModel, QuantizationReport]:
+                  smaller_batches: Sequence[int] = ()) -> tuple[CompiledModel, QuantizationReport]:
     """``model`` quantised to int8 in PyTorch: exported (``torch.export``), quantised by torchao's
     PT2E flow with ``X86InductorQuantizer`` (static, per-channel symmetric weights, asymmetric
     activations) on ``calibration``, then compiled by inductor with weight freezing, which lowers
     the products to oneDNN's int8 kernels (VNNI / AMX where the CPU has them), for ``batch_size``
     and each of ``smaller_batches`` (each size is one compilation; a server's batch of one image
     should not run as a padded full batch). The layers left in floating point run in this CPU's
-    fastest float precision (bf16 where it is native, else fp32: :class:`Int8InductorModel`). Timed at
+    fastest float precision (bf16 where it is native, else fp32: :class:`~davit.runtime.CompiledModel`). Timed at
     ``batch_size`` against the float model's fastest eager path on this CPU (bf16 autocast where the
     CPU has native bf16, else fp32); the agreement with fp32 is measured on ``holdout`` (else the calibration images)
     and refused under ``min_agreement`` as :func:`quantize_openvino` does.
@@ -328,9 +281,8 @@ def quantize_pt2e(model: nn.Module, calibration: Tensor | Iterable[Tensor],
         converted = convert_pt2e(prepared)
     sizes = sorted({batch_size, *(size for size in smaller_batches if 0 < size < batch_size)})
     float_precision = fastest_cpu_float()
-    int8 = Int8InductorModel(torch.compile(converted, dynamic=False), sizes, input_size, float_precision)
-    for size in sizes:  # compiled here, with the weights frozen and prepacked
-        int8.run(example[:size])
+    int8 = CompiledModel(converted, sizes, input_size, float_precision)
+    int8.warm_up()  # compiled here, with the weights frozen and prepacked
     agreement = top1_agreement(model, int8, compared)
     speeds: tuple[float | None, float | None] = (None, None)
     if timing_repeats:

@@ -24,15 +24,17 @@ import functools
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+import torch._inductor.config as inductor_config
 from torch import Tensor, nn
 
 from .dtypes import autocast_dtype
-from .errors import require
+from .errors import InvalidArgumentError, require
 
 logger = logging.getLogger("davit")
 
@@ -102,6 +104,64 @@ class TorchBackend:
     def __call__(self, images: Tensor) -> Tensor:
         with torch.inference_mode(), torch.autocast("cpu", dtype=self.amp, enabled=self.amp is not None):
             return self.model(images.float()).float()
+
+
+class CompiledModel(nn.Module):
+    """A model compiled by inductor with its weights frozen into the graph (constants folded, linear
+    weights prepacked for oneDNN), for a few batch sizes, and run at any: inputs are cut into batches
+    of the largest, and what is left over goes to the smallest compiled size that holds it (padded by
+    repeating its first image), the outputs trimmed. One graph per size: a server's single image
+    should not run as a padded full batch, and a size met for the first time would cost a compilation
+    in the middle of a request.
+
+    ``float_precision`` is the precision the graph computes its float layers in: ``"bf16"`` compiles
+    and runs it under bfloat16 autocast, ``"fp32"`` keeps float32. The output is float32 either way.
+    DaViT-tiny on a 2-core AMX Xeon, bf16: 1.4x the eager model at batch 1 and 1.26x at batch 16;
+    a PT2E int8 model with bf16 between its products 1.33x bf16 eager, with fp32 0.97x
+    (benchmarks/LOG.md). Each size compiles at its first call (tens of seconds): :meth:`warm_up`
+    does them all at once.
+    """
+
+    def __init__(self, model: nn.Module, batch_sizes: Sequence[int], input_size: tuple[int, int],
+                 float_precision: str = "fp32") -> None:
+        super().__init__()
+        if float_precision not in ("fp32", "bf16"):
+            raise InvalidArgumentError(f"float_precision is fp32 or bf16, not {float_precision!r}")
+        if not batch_sizes or min(batch_sizes) < 1:
+            raise InvalidArgumentError(f"batch sizes to compile for are positive, got {list(batch_sizes)}")
+        self.model = model
+        self.compiled = torch.compile(model, dynamic=False)
+        self.batch_sizes, self.input_size = tuple(sorted(set(batch_sizes))), input_size
+        self.float_precision = float_precision
+
+    @property
+    def batch_size(self) -> int:
+        """The largest compiled batch size."""
+        return self.batch_sizes[-1]
+
+    def warm_up(self) -> None:
+        """Compile the graph for every batch size now."""
+        for size in self.batch_sizes:
+            self.run(torch.zeros(size, 3, *self.input_size))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if tuple(x.shape[2:]) != self.input_size:
+            raise InvalidArgumentError(f"this model was compiled for {self.input_size[0]}x{self.input_size[1]} "
+                                       f"images, got {tuple(x.shape[2:])}")
+        outputs = []
+        for chunk in x.float().split(self.batch_size):
+            count = len(chunk)
+            size = next(size for size in self.batch_sizes if size >= count)
+            if count < size:
+                chunk = torch.cat([chunk, chunk[:1].expand(size - count, *chunk.shape[1:])])
+            outputs.append(self.run(chunk)[:count])
+        return torch.cat(outputs)
+
+    def run(self, batch: Tensor) -> Tensor:
+        """The compiled graph on a batch of a compiled size (compiled now, frozen, if it is new)."""
+        with (torch.no_grad(), inductor_config.patch(freezing=True),
+              torch.autocast("cpu", torch.bfloat16, enabled=self.float_precision == "bf16")):
+            return self.compiled(batch).float()
 
 
 class OnnxRuntimeBackend:

@@ -53,6 +53,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=positive_int, help="runtime threads (default: one per core)")
     add_int8(parser, "torchao PT2E compiled for 1 and --max-batch-size images on --backend torch, NNCF on openvino",
              "serve")
+    parser.add_argument("--compile", action="store_true",
+                        help="with --backend torch: serve inductor's graph of the model with frozen weights, "
+                             "compiled at start-up for 1 and --max-batch-size images (about a minute; then "
+                             "the lowest latency on CPUs with AMX, see benchmarks/LOG.md)")
     token = parser.add_mutually_exclusive_group()
     token.add_argument("--token-file", metavar="FILE",
                        help=f"file holding the bearer token required on every endpoint but /health (default: "
@@ -88,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     with weights_seed(args.seed):
         served = load_served_model(args.model, checkpoint=args.checkpoint, random_weights=args.random_weights,
                                    backend=args.backend, dtype=args.dtype, threads=args.threads, int8=int8,
-                                   max_batch_size=args.max_batch_size)
+                                   max_batch_size=args.max_batch_size, compiled=args.compile)
     run_server(served, settings, args.host, args.port)
     return 0
 

@@ -100,13 +100,20 @@ class Int8Serving:
 
 def load_served_model(source: str, checkpoint: str | None = None, random_weights: bool = False,
                       backend: str = "torch", dtype: str = "fp32", threads: int | None = None,
-                      int8: Int8Serving | None = None, max_batch_size: int = 16) -> ServedModel:
+                      int8: Int8Serving | None = None, max_batch_size: int = 16,
+                      compiled: bool = False) -> ServedModel:
     """Build the model that ``source`` names (anything :func:`davit.get_model` takes) with its
     own weights, ``checkpoint``'s, or random ones, and open its classifier on ``backend`` (with
     ``int8``, quantised, where that agrees with fp32 and is faster here:
-    :func:`davit.exported.open_checked_int8`, compiled for one image and ``max_batch_size``); or
-    open the file ``davit export`` wrote that ``source`` (or ``checkpoint``) names on its runtime."""
+    :func:`davit.exported.open_checked_int8`, compiled for one image and ``max_batch_size``; with
+    ``compiled``, as inductor's graph with frozen weights for the same sizes); or open the file
+    ``davit export`` wrote that ``source`` (or ``checkpoint``) names on its runtime."""
+    if compiled and int8 is not None:
+        raise InvalidArgumentError("an --int8 model is compiled already; drop --compile")
     exported = exported_source(source, checkpoint, random_weights)
+    if exported is not None and compiled:
+        raise InvalidArgumentError("--compile compiles a PyTorch model; serve the model this file was exported "
+                                   "from with --compile, or the file without it")
     if exported is not None:
         if int8 is not None:
             raise InvalidArgumentError("--int8 quantises a PyTorch model; serve the model it was exported from, "
@@ -123,10 +130,15 @@ def load_served_model(source: str, checkpoint: str | None = None, random_weights
     if classifies and int8 is not None:
         classifier = _int8_classifier(model, backend, dtype, threads, int8, preprocessing.transform(), max_batch_size)
     elif classifies:
-        classifier = open_backend(model, backend, dtype=dtype, input_size=input_size, threads=threads)
+        classifier = open_backend(model, backend, dtype=dtype, input_size=input_size, threads=threads,
+                                  compiled=compiled, batch_sizes=(1, max_batch_size))
     elif int8 is not None:
         raise InvalidArgumentError("--int8 quantises a classifier; this model has no classification head")
-    served_on = classifier.name if classifier is not None and int8 is not None else backend  # torch-int8, openvino-int8
+    elif compiled:
+        raise InvalidArgumentError("--compile compiles the classifier; this model has no classification head, "
+                                   "and its embeddings run eager: drop --compile")
+    # torch-int8, openvino-int8, torch-bf16-compiled
+    served_on = classifier.name if classifier is not None and (int8 is not None or compiled) else backend
     return ServedModel(public_name(source, card), model, classifier, served_on, dtype, preprocessing.transform(),
                        input_size)
 
