@@ -23,6 +23,10 @@ What it does, in one script:
    the two are measured side by side, so the machine's drift (on a shared 2-core machine, 20% over
    minutes) does not enter the ratio as it does in the before/after figures.
 
+``--dtype bf16`` and ``--compile`` serve with ``davit serve --dtype bf16 --compile``, and the offline
+figures and the paired forward pass then run the same way (the compiled graph for one image); the
+answers are then checked by top-1 label only, since bf16 and a compiled graph round differently.
+
 Exit status 1 when a request failed or an answer differed. The server decodes and preprocesses
 each photo on the same cores as the model, which the offline figure does not include.
 """
@@ -41,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -52,6 +57,7 @@ from davit.benchmark import BenchmarkOptions
 from davit.benchmark import run as run_benchmark
 from davit.checkpoint.pretrained import save_pretrained
 from davit.data.transforms import preprocess
+from davit.exported import open_backend
 from davit.model import DaViTClassifier
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,13 +76,16 @@ def parse_args() -> argparse.Namespace:
                         help="photos to send (default: demo/*.jpg)")
     parser.add_argument("--latency-pairs", type=int, default=0,
                         help="after the load, this many (request, offline forward) pairs, one at a time")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="server --dtype, and offline")
+    parser.add_argument("--compile", action="store_true", help="server --compile, and the offline forward compiled")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
     return parser.parse_args()
 
 
-def offline_images_per_second(model: str, batch_size: int) -> float:
-    """``davit benchmark --model MODEL --batch-size B --no-timm``'s median images/s."""
-    report = run_benchmark(BenchmarkOptions(model=model, batch_size=batch_size, timm=False, repeats=10, warmup=2))
+def offline_images_per_second(model: str, batch_size: int, dtype: str, compiled: bool) -> float:
+    """``davit benchmark --model MODEL --batch-size B --dtype D [--compile] --no-timm``'s median images/s."""
+    report = run_benchmark(BenchmarkOptions(model=model, batch_size=batch_size, dtype=dtype, compile=compiled,
+                                            timm=False, repeats=10, warmup=2))
     return float(report["results"]["davit"]["images_per_second"]["median"])
 
 
@@ -115,10 +124,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(folder: Path, port: int, batch_size: int, max_wait_ms: float, log: Path) -> subprocess.Popen:
+def start_server(folder: Path, port: int, batch_size: int, max_wait_ms: float, log: Path,
+                 options: list[str]) -> subprocess.Popen:
     """``davit serve`` in a subprocess, its log (access lines included) written to ``log``."""
     command = [sys.executable, "-m", "davit", "serve", str(folder), "--port", str(port),
-               "--max-batch-size", str(batch_size), "--max-wait-ms", str(max_wait_ms), "--max-images", "1"]
+               "--max-batch-size", str(batch_size), "--max-wait-ms", str(max_wait_ms), "--max-images", "1", *options]
     with log.open("w") as output:
         server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
@@ -135,9 +145,12 @@ def start_server(folder: Path, port: int, batch_size: int, max_wait_ms: float, l
     raise SystemExit("the server did not start within 180 s")
 
 
-def matches(result: dict, expected: dict) -> bool:
-    """Whether a served result equals inference_model's for the same photo."""
+def matches(result: dict, expected: dict, exact: bool = True) -> bool:
+    """Whether a served result equals inference_model's for the same photo (``exact=False``: its
+    top-1 label alone)."""
     top = np.argsort(-expected["pred_scores"], kind="stable")[:5]
+    if not exact:
+        return bool(result["pred_label"] == expected["pred_label"])
     return (result["pred_label"] == expected["pred_label"]
             and abs(result["pred_score"] - float(expected["pred_score"])) <= TOLERANCE
             and [entry["label"] for entry in result["topk"]] == top.tolist()
@@ -146,7 +159,7 @@ def matches(result: dict, expected: dict) -> bool:
 
 
 async def load(url: str, photos: list[tuple[str, bytes, dict]], clients: int, duration: float,
-               max_requests: int) -> dict:
+               max_requests: int, exact: bool = True) -> dict:
     """Run the clients; latencies of the successful requests, and the failures and mismatches."""
     latencies: list[float] = []
     failures: list[str] = []
@@ -172,7 +185,7 @@ async def load(url: str, photos: list[tuple[str, bytes, dict]], clients: int, du
                 failures.append(f"{name}: HTTP {answer.status_code} {answer.text[:200]}")
                 continue
             latencies.append(elapsed)
-            if not matches(answer.json()["results"][0], expected):
+            if not matches(answer.json()["results"][0], expected, exact):
                 mismatches.append(name)
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -183,8 +196,8 @@ async def load(url: str, photos: list[tuple[str, bytes, dict]], clients: int, du
     return {"latencies": latencies, "failures": failures, "mismatches": mismatches, "seconds": elapsed}
 
 
-def latency_pairs(url: str, model: torch.nn.Module, photo: tuple[str, bytes, dict], path: str,
-                  pairs: int) -> dict[str, float]:
+def latency_pairs(url: str, model: Callable[[torch.Tensor], torch.Tensor], photo: tuple[str, bytes, dict],
+                  path: str, pairs: int) -> dict[str, float]:
     """Median latency of one request at a time, against the median forward pass of the same
     preprocessed photo in this process, alternating (see the module's step 7)."""
     name, data, _ = photo
@@ -224,34 +237,40 @@ def main() -> int:
     model = get_model(args.model, pretrained=False)
     if not isinstance(model, DaViTClassifier):
         raise SystemExit(f"{args.model} is not a classifier; the load test posts to /v1/predict")
-    offline_before = offline_images_per_second(args.model, args.batch_size)
+    offline_before = offline_images_per_second(args.model, args.batch_size, args.dtype, args.compile)
+    server_options = ["--dtype", args.dtype, *(["--compile"] if args.compile else [])]
     with tempfile.TemporaryDirectory(prefix="davit-load-") as tmp:
         folder = save_pretrained(model, Path(tmp) / "model")
         expected = inference_model(model, list(args.images))
         photos = [(Path(path).name, Path(path).read_bytes(), result) for path, result in zip(args.images, expected)]
         port = free_port()
-        server = start_server(folder, port, args.batch_size, args.max_wait_ms, Path(tmp) / "server.log")
+        server = start_server(folder, port, args.batch_size, args.max_wait_ms, Path(tmp) / "server.log",
+                              server_options)
         url = f"http://127.0.0.1:{port}"
         try:
             for name, data, _ in photos:  # warm-up, untimed
                 httpx.post(f"{url}/v1/predict", files=[("images", (name, data))], timeout=60).raise_for_status()
             before = batch_totals(url)
-            outcome = asyncio.run(load(url, photos, args.clients, args.duration, args.max_requests))
+            outcome = asyncio.run(load(url, photos, args.clients, args.duration, args.max_requests,
+                                       exact=args.dtype == "fp32" and not args.compile))
             during = {key: value - before[key] for key, value in batch_totals(url).items()}
-            paired = latency_pairs(url, model.eval(), photos[0], args.images[0], args.latency_pairs) \
-                if args.latency_pairs > 0 else None
+            paired = None
+            if args.latency_pairs > 0:  # the forward pass the server runs, here
+                forward = open_backend(model, "torch", dtype=args.dtype, compiled=args.compile, batch_sizes=(1,))
+                paired = latency_pairs(url, forward, photos[0], args.images[0], args.latency_pairs)
             server_peak = peak_memory_mib(server.pid)
             offline_peak = offline_peak_memory_mib(folder, args.batch_size)
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=60)
-    offline_after = offline_images_per_second(args.model, args.batch_size)
+    offline_after = offline_images_per_second(args.model, args.batch_size, args.dtype, args.compile)
     latencies = sorted(outcome["latencies"])
     served = len(latencies) / outcome["seconds"]
     offline = statistics.mean([offline_before, offline_after])
     figures = {
         "model": args.model, "clients": args.clients, "duration_s": round(outcome["seconds"], 1),
-        "batch_size": args.batch_size, "max_wait_ms": args.max_wait_ms, "photos": [name for name, _, _ in photos],
+        "batch_size": args.batch_size, "max_wait_ms": args.max_wait_ms, "dtype": args.dtype,
+        "compiled": args.compile, "photos": [name for name, _, _ in photos],
         "requests_ok": len(latencies), "failures": len(outcome["failures"]), "mismatches": len(outcome["mismatches"]),
         "served_images_per_s": round(served, 2),
         "offline_images_per_s": {"before": round(offline_before, 2), "after": round(offline_after, 2)},
