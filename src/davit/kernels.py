@@ -24,6 +24,7 @@ exported graphs the plain layers and whole batches.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from types import TracebackType
@@ -213,12 +214,12 @@ def _use_onednn(x: Tensor, *layers: nn.Linear | nn.Conv2d) -> bool:
     model sees the same module calls as in the plain code. oneDNN's kernels are faster than the
     BLAS products for the short matrices of DaViT's later stages and small batches.
     """
-    if (not _enabled or x.device.type != "cpu" or torch.is_grad_enabled() or not _HAS_ONEDNN_LINEAR
-            or not torch.backends.mkldnn.enabled or torch.compiler.is_compiling()
-            or _has_hooks(*layers)):
+    if (not _enabled or torch.compiler.is_compiling() or x.device.type != "cpu" or torch.is_grad_enabled()
+            or not torch.backends.mkldnn.enabled or _has_hooks(*layers)):
         return False
+    dtypes = _onednn_dtypes()
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-    return dtype in _ONEDNN_DTYPES and all(layer.weight.dtype in _ONEDNN_DTYPES for layer in layers)
+    return dtype in dtypes and all(layer.weight.dtype in dtypes for layer in layers)
 
 
 def probe_onednn_linear(dtype: torch.dtype = torch.float32) -> bool:
@@ -245,14 +246,22 @@ def probe_onednn_linear(dtype: torch.dtype = torch.float32) -> bool:
 # (DaViT-tiny on a 2-core EPYC: 1.05x at batch 1, 1.14x at batch 16; benchmarks/LOG.md)
 GELU_POST_OP = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
-# the dtypes oneDNN's linear kernels compute here (bfloat16 only on CPUs that have it natively)
-_ONEDNN_DTYPES = frozenset(dtype for dtype in (torch.float32, torch.bfloat16) if probe_onednn_linear(dtype))
-_HAS_ONEDNN_LINEAR = torch.float32 in _ONEDNN_DTYPES
+@functools.cache
+def _onednn_dtypes() -> frozenset[torch.dtype]:
+    """The dtypes oneDNN's linear kernels compute here (bfloat16 only on CPUs that have it natively).
+
+    Probed at the first use, not at import: the probe runs oneDNN, whose OpenMP team belongs to the
+    calling thread, and a server that imports this library in one thread and runs the model in
+    another ran every forward pass 2x slower on a 2-core AMX Xeon when the importing thread had
+    made a team first (benchmarks/LOG.md).
+    """
+    with torch.autocast("cpu", enabled=False):  # the first use may come under autocast
+        return frozenset(dtype for dtype in (torch.float32, torch.bfloat16) if probe_onednn_linear(dtype))
 
 
 def has_onednn_linear(dtype: torch.dtype = torch.float32) -> bool:
-    """Whether the oneDNN linear kernels in ``dtype`` passed :func:`probe_onednn_linear` at import."""
-    return dtype in _ONEDNN_DTYPES
+    """Whether the oneDNN linear kernels in ``dtype`` pass :func:`probe_onednn_linear` (probed once)."""
+    return dtype in _onednn_dtypes()
 
 
 def _onednn_linear(x: Tensor, layer: nn.Linear, activation: str = "none") -> Tensor:
@@ -368,7 +377,7 @@ def _autocast_inputs(*tensors: Tensor) -> tuple[Tensor, ...]:
 
 def _product(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(x, weight, bias)``, as a oneDNN kernel on CPU where one is available."""
-    if (x.device.type == "cpu" and _HAS_ONEDNN_LINEAR and torch.backends.mkldnn.enabled
-            and not torch.compiler.is_compiling() and x.dtype in _ONEDNN_DTYPES and weight.dtype in _ONEDNN_DTYPES):
+    if (not torch.compiler.is_compiling() and x.device.type == "cpu" and torch.backends.mkldnn.enabled
+            and x.dtype in _onednn_dtypes() and weight.dtype in _onednn_dtypes()):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "none")
     return F.linear(x, weight, bias)

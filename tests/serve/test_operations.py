@@ -112,3 +112,36 @@ def test_limits_are_checked():
         Limits(max_images=0)
     with pytest.raises(ValueError, match="token"):
         ServeSettings(token=" ")
+
+
+def test_loading_preprocessing_and_the_model_share_one_thread(tiny_folder, photos):
+    # each thread that runs PyTorch operators gets its own OpenMP team, and on a 2-core AMX Xeon
+    # a second one made every forward pass up to 2x slower: the server keeps them on one thread
+    from davit.serve.app import model_thread
+    from davit.serve.model import load_served_model
+
+    executor = model_thread()
+    loaded_on = executor.submit(lambda: threading.current_thread().name).result()
+    served = executor.submit(load_served_model, str(tiny_folder)).result()
+    seen = set()
+
+    class Recorded:
+        """``function``, noting which thread calls it."""
+
+        def __init__(self, what, function):
+            self.what, self.function, self.name = what, function, getattr(function, "name", what)
+
+        def __call__(self, *args):
+            seen.add((self.what, threading.current_thread().name))
+            return self.function(*args)
+
+        def __getattr__(self, name):  # the transform's settings, read when checking an image's size
+            return getattr(self.function, name)
+
+    served = dataclasses.replace(served, transform=Recorded("preprocessing", served.transform),
+                                 classifier=Recorded("model", served.classifier))
+    with running(create_app(served, ServeSettings(limits=LIMITS), executor)) as server:
+        answer = server.http.post("/v1/predict", files=[("images", ("a.jpg", photos["a.jpg"]))])
+    assert answer.status_code == 200, answer.text
+    assert loaded_on.startswith("davit-model")
+    assert seen == {("preprocessing", loaded_on), ("model", loaded_on)}

@@ -77,9 +77,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     require("fastapi", "serve", "davit serve")
-    from ..serve.app import ServeSettings
+    from ..serve.app import ServeSettings, model_thread
     from ..serve.limits import Limits, MiB
-    from ..serve.model import Int8Serving, load_served_model
+    from ..serve.model import Int8Serving, ServedModel, load_served_model
     from ..serve.server import run_server
 
     limits = Limits(max_body_bytes=int(args.max_body_mb * MiB), max_pixels=args.max_pixels,
@@ -89,11 +89,19 @@ def run(args: argparse.Namespace) -> int:
     check_int8_args(args)
     int8 = Int8Serving(args.calibration, args.holdout, args.min_agreement, args.allow_slower_int8) \
         if args.int8 else None
-    with weights_seed(args.seed):
-        served = load_served_model(args.model, checkpoint=args.checkpoint, random_weights=args.random_weights,
-                                   backend=args.backend, dtype=args.dtype, threads=args.threads, int8=int8,
-                                   max_batch_size=args.max_batch_size, compiled=args.compile)
-    run_server(served, settings, args.host, args.port)
+    def load() -> ServedModel:
+        with weights_seed(args.seed):
+            return load_served_model(args.model, checkpoint=args.checkpoint, random_weights=args.random_weights,
+                                     backend=args.backend, dtype=args.dtype, threads=args.threads, int8=int8,
+                                     max_batch_size=args.max_batch_size, compiled=args.compile)
+
+    executor = model_thread()  # every PyTorch operator of the server runs on this one thread
+    try:
+        served = executor.submit(load).result()
+    except BaseException:
+        executor.shutdown(wait=False)
+        raise
+    run_server(served, settings, args.host, args.port, executor=executor)
     return 0
 
 

@@ -1,7 +1,7 @@
 """The HTTP app (FastAPI): ``POST /v1/predict``, ``POST /v1/embed``, ``GET /v1/models``,
 ``GET /health``, ``GET /metrics`` and the OpenAPI schema.
 
-A request's images are decoded and preprocessed in a worker thread, then each image joins the
+A request's images are decoded and preprocessed on the model's thread, then each image joins the
 dynamic batcher of its task; the answer lists one result per image, in order. In a request of
 several images, an image that cannot be used gets ``{"index": i, "error": {...}}`` in its place and
 the others their results (status 200); only when no image is usable is the request refused, with
@@ -21,7 +21,6 @@ import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from torch import Tensor
 
@@ -60,12 +59,28 @@ class ServeSettings:
                                        "DAVIT_SERVE_TOKEN)")
 
 
-def create_app(served: ServedModel, settings: ServeSettings | None = None) -> FastAPI:
-    """The app serving ``served`` (see :func:`davit.serve.model.load_served_model`)."""
+def model_thread() -> ThreadPoolExecutor:
+    """The one thread that runs every PyTorch operator of a server: loading the model (see
+    :func:`davit.serve.model.load_served_model`), preprocessing the images and the model's batches.
+
+    On a 2-core AMX Xeon a forward pass ran 1.4-2x slower once a second thread had run PyTorch
+    operators (each thread gets its own OpenMP team): the model loaded in the main thread and run
+    in another took 61 ms per image against 29 ms loaded and run in one thread, and preprocessing
+    in a third thread doubled it again (benchmarks/LOG.md).
+    """
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="davit-model")
+
+
+def create_app(served: ServedModel, settings: ServeSettings | None = None,
+               executor: ThreadPoolExecutor | None = None) -> FastAPI:
+    """The app serving ``served`` (see :func:`davit.serve.model.load_served_model`) on ``executor``,
+    the thread it was loaded on (:func:`model_thread`; None: a new one), which the app shuts down
+    when it stops."""
     settings = settings or ServeSettings()
     metrics = Metrics(ENDPOINTS, settings.max_batch_size)
     batchers: dict[str, DynamicBatcher] = {}  # filled when the app starts, emptied when it stops
-    app = FastAPI(title="davit serve", version=__version__, lifespan=_lifespan(served, settings, metrics, batchers),
+    lifespan = _lifespan(served, settings, metrics, batchers, executor)
+    app = FastAPI(title="davit serve", version=__version__, lifespan=lifespan,
                   description=f"DaViT inference for model {served.name}. Every endpoint but /health needs "
                               "'Authorization: Bearer <token>' when the server was started with a token.")
     app.add_middleware(Gate, limits=settings.limits, metrics=metrics, token=settings.token)
@@ -75,12 +90,12 @@ def create_app(served: ServedModel, settings: ServeSettings | None = None) -> Fa
     return app
 
 
-def _lifespan(served: ServedModel, settings: ServeSettings, metrics: Metrics,
-              batchers: dict[str, DynamicBatcher]) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    """Start one dynamic batcher per kind of answer on one model thread; stop them on shutdown."""
+def _lifespan(served: ServedModel, settings: ServeSettings, metrics: Metrics, batchers: dict[str, DynamicBatcher],
+              given: ThreadPoolExecutor | None) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Start one dynamic batcher per kind of answer on the model thread; stop them on shutdown."""
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="davit-model")
+        executor = given if given is not None else model_thread()
         runs: dict[str, Callable[[Tensor], np.ndarray]] = {}
         if served.embeds:
             runs["pooled"] = partial(served.embeddings, pooled=True)
@@ -186,7 +201,9 @@ async def _answer(request: Request, batcher: DynamicBatcher, served: ServedModel
     items = await read_items(request, limits)
     request.state.images = len(items)
     metrics.images_received(request.url.path, len(items))
-    prepared = await run_in_threadpool(_prepare_all, items, limits, served.transform)
+    # on the model's thread, between its batches: see model_thread
+    prepared = await asyncio.get_running_loop().run_in_executor(batcher.executor, _prepare_all, items, limits,
+                                                                served.transform)
     usable = [(index, item) for index, item in enumerate(prepared) if isinstance(item, Tensor)]
     if not usable:
         raise _nothing_usable(prepared)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import require
 from .app import ServeSettings, create_app
@@ -22,14 +23,15 @@ def is_loopback(host: str) -> bool:
 
 
 def run_server(served: ServedModel, settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000,
-               graceful_timeout_s: int = 30) -> None:
-    """Serve until interrupted."""
+               graceful_timeout_s: int = 30, executor: ThreadPoolExecutor | None = None) -> None:
+    """Serve until interrupted, running the model on ``executor`` (the thread it was loaded on:
+    :func:`davit.serve.app.model_thread`)."""
     require("uvicorn", "serve", "davit serve")
     import uvicorn
 
     if not is_loopback(host) and settings.token is None:
         logger.warning("serving on %s without a token: anyone who can reach this address can use the model; "
                        "give --token-file or DAVIT_SERVE_TOKEN", host)
-    config = uvicorn.Config(create_app(served, settings), host=host, port=port, log_config=None,
+    config = uvicorn.Config(create_app(served, settings, executor), host=host, port=port, log_config=None,
                             access_log=False, lifespan="on", timeout_graceful_shutdown=graceful_timeout_s)
     uvicorn.Server(config).run()
