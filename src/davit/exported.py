@@ -24,7 +24,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from .checkpoint.card import ModelCard
@@ -229,11 +228,10 @@ def open_backend(model: nn.Module, backend: str = "torch", *, dtype: str = "fp32
     model = model.eval().float().cpu()
     if backend == "torch" and compiled:
         graph = CompiledModel(model, batch_sizes, input_size, dtype)
-        if threads:
-            torch.set_num_threads(threads)
-        graph.warm_up()
         name = "torch-compiled" if dtype == "fp32" else f"torch-{dtype}-compiled"
-        return TorchBackend(graph, "fp32", threads, name=name)
+        compiled_backend = TorchBackend(graph, "fp32", threads, name=name)  # sets the threads the graph is built for
+        graph.warm_up()
+        return compiled_backend
     if backend == "torch":
         return TorchBackend(model, dtype, threads)
     with tempfile.TemporaryDirectory(prefix="davit-runtime-") as folder:

@@ -129,7 +129,6 @@ class CompiledModel(nn.Module):
             raise InvalidArgumentError(f"float_precision is fp32 or bf16, not {float_precision!r}")
         if not batch_sizes or min(batch_sizes) < 1:
             raise InvalidArgumentError(f"batch sizes to compile for are positive, got {list(batch_sizes)}")
-        self.model = model
         self.compiled = torch.compile(model, dynamic=False)
         self.batch_sizes, self.input_size = tuple(sorted(set(batch_sizes))), input_size
         self.float_precision = float_precision
