@@ -11,7 +11,8 @@ layer calls; how, depends on where it runs (benchmarks/LOG.md):
 * CPU training: linear products and their input gradients go through oneDNN, and the MLP
   recomputes its GELU in the backward pass instead of keeping its output.
 * CPU inference in eager mode, also: attention inside small windows as two batched products and
-  a softmax, and convolutions whose kernel is their stride (the 2x2 downsamples) as one packed
+  a softmax on CPUs without AMX (:data:`BATCHED_WINDOW_PRODUCTS`),
+  and convolutions whose kernel is their stride (the 2x2 downsamples) as one packed
   linear over the gathered patches.
 * float32/float64 anywhere: a depthwise convolution plus its input is one convolution with 1 added
   to the kernels' centre taps.
@@ -127,15 +128,16 @@ def _centred_kernels(conv: nn.Conv2d) -> Tensor:
 def window_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """``softmax(q kᵀ / √d) v`` over (windows, heads, tokens, head_dim) tensors.
 
-    For CPU inference on small windows (up to 12x12 tokens), batched products and a softmax over
-    groups of windows whose scores fit in :data:`SCORES_BYTES` beat the fused attention kernel,
-    whose blocking is made for long sequences (benchmarks/LOG.md: 0.65-0.90x its time on DaViT-tiny
-    and Florence-2 windows, fp32 and bf16). Elsewhere (training, CUDA, compiled or exported
-    graphs, long windows) it is ``F.scaled_dot_product_attention``.
+    For CPU inference on small windows (up to 12x12 tokens) on CPUs without AMX
+    (:data:`BATCHED_WINDOW_PRODUCTS`), batched products and a softmax over groups of windows whose
+    scores fit in :data:`SCORES_BYTES` beat the fused attention kernel, whose blocking is made for
+    long sequences (benchmarks/LOG.md: 0.65-0.90x its time on DaViT-tiny and Florence-2 windows, fp32
+    and bf16, on an AVX-512 EPYC). Elsewhere (AMX CPUs, training, CUDA, compiled or exported graphs,
+    long windows) it is ``F.scaled_dot_product_attention``.
     """
     windows, heads, tokens, head_dim = q.shape
-    if not (_enabled and q.device.type == "cpu" and not torch.is_grad_enabled() and tokens <= SMALL_WINDOW
-            and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()):
+    if not (_enabled and BATCHED_WINDOW_PRODUCTS and q.device.type == "cpu" and not torch.is_grad_enabled()
+            and tokens <= SMALL_WINDOW and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()):
         return F.scaled_dot_product_attention(q, k, v)
     scale = head_dim ** -0.5
     per_group = max(1, SCORES_BYTES // (heads * tokens * tokens * q.element_size()))
@@ -151,6 +153,19 @@ def window_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 SCORES_BYTES = 1 << 20  # attention scores computed at once: small enough to stay in cache
 SMALL_WINDOW = 144  # tokens: up to 12x12 windows take the batched products on CPU
+
+
+def _has_amx() -> bool:
+    """Whether this CPU has AMX tiles (PyTorch's private probe; False where the build lacks it)."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe()) if probe is not None else False
+
+
+# On AMX CPUs the fused attention kernel runs its products on AMX tiles and beats the batched
+# products on small windows (2-core AMX Xeon, 2 threads: 0.83x their time on DaViT-tiny's 49-token
+# windows and 0.45-0.55x on Florence-2's 144 in bf16, 0.8-0.9x in fp32; DaViT-tiny eager bf16
+# 1.04x at batch 1 and 16; benchmarks/LOG.md). Without AMX the batched products win.
+BATCHED_WINDOW_PRODUCTS = not _has_amx()
 
 
 def patch_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:

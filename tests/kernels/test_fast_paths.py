@@ -173,6 +173,7 @@ def test_conv_plus_input_follows_weight_updates_and_trains():
 @pytest.mark.parametrize("tokens", [49, 16, 200])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_window_attention_is_scaled_dot_product_attention(dtype, tokens, scores_bytes, monkeypatch):
+    monkeypatch.setattr(kernels, "BATCHED_WINDOW_PRODUCTS", True)  # the batched products on any CPU
     monkeypatch.setattr(kernels, "SCORES_BYTES", scores_bytes)
     torch.manual_seed(0)
     qkv = torch.randn(6, tokens, 3, 2, 16, dtype=dtype)
@@ -182,6 +183,18 @@ def test_window_attention_is_scaled_dot_product_attention(dtype, tokens, scores_
         out = kernels.window_attention(q, k, v).float()
     tolerance = 1e-5 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(out, expected, atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_window_attention_takes_the_fused_kernel_unless_batched_products_are_on(batched, monkeypatch):
+    monkeypatch.setattr(kernels, "BATCHED_WINDOW_PRODUCTS", batched)
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    q, k, v = torch.randn(3, 4, 2, 49, 8).unbind(0)
+    with torch.inference_mode():
+        kernels.window_attention(q, k, v)
+    assert calls == ([] if batched else [1])
 
 
 @pytest.mark.parametrize("kernel, stride, padding", [(2, 2, 0), (3, 2, 1), (7, 4, 3)])
